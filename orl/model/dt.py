@@ -1,0 +1,157 @@
+"""The Decision Transformer: (return-to-go, state, action) tokens through a causal transformer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from orl.model.layers import Index, Route
+from orl.model.transformer import Transformer
+
+
+@dataclass
+class DTConfig:
+    """Shape of a Decision Transformer. ``return_conditioned=False`` drops the return token
+    (behaviour cloning with the same transformer)."""
+
+    obs_dim: int
+    act_dim: int
+    context_len: int = 20
+    embed_dim: int = 128
+    n_layer: int = 3
+    n_head: int = 1
+    mlp_ratio: int = 4
+    activation: str = "gelu"
+    dropout: float = 0.1
+    max_timestep: int = 1000
+    return_conditioned: bool = True
+    num_tasks: int = 0  # > 0: a learned task-id embedding is added to every token
+    prompt_len: int = 0  # > 0: a Prompt-DT prefix of that many steps
+    num_action_heads: int = 1
+    tanh_actions: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("obs_dim", "act_dim", "context_len", "embed_dim", "n_layer", "n_head",
+                     "mlp_ratio", "max_timestep", "num_action_heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.embed_dim % self.n_head:
+            raise ValueError(
+                f"model.embed_dim ({self.embed_dim}) must be divisible by model.n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.num_tasks < 0 or self.prompt_len < 0:
+            raise ValueError("model.num_tasks and model.prompt_len must be >= 0")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return 3 if self.return_conditioned else 2
+
+
+class StepEmbedding(nn.Module):
+    """Embeds the steps of a trajectory segment into interleaved tokens (B, T*n, D)."""
+
+    def __init__(self, cfg: DTConfig) -> None:
+        super().__init__()
+        d = cfg.embed_dim
+        self.return_conditioned = cfg.return_conditioned
+        self.state = nn.Linear(cfg.obs_dim, d)
+        self.action = nn.Linear(cfg.act_dim, d)
+        self.ret = nn.Linear(1, d) if cfg.return_conditioned else None
+        self.timestep = nn.Embedding(cfg.max_timestep, d)
+
+    def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
+                timesteps: torch.Tensor) -> torch.Tensor:
+        time = self.timestep(timesteps)
+        tokens = [self.state(states) + time, self.action(actions) + time]
+        if self.ret is not None:
+            tokens.insert(0, self.ret(returns_to_go.unsqueeze(-1)) + time)
+        b, t, d = time.shape
+        return torch.stack(tokens, dim=2).reshape(b, t * len(tokens), d)
+
+
+def attention_mask(valid: torch.Tensor) -> torch.Tensor:
+    """(B, L) token validity -> (B, 1, L, L) bool: causal, padding keys hidden, diagonal kept
+    (a padding query then attends to itself alone instead of to nothing)."""
+    length = valid.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
+    eye = torch.eye(length, dtype=torch.bool, device=valid.device)
+    return ((causal & valid[:, None, :]) | eye).unsqueeze(1)
+
+
+class DecisionTransformer(nn.Module):
+    """Predicts a_t from the hidden state of the s_t token.
+
+    Inputs are (B, K, ...) segments as produced by ``SegmentSampler``; ``mask`` (B, K) marks
+    real steps (False = left padding). ``prompt`` is a dict with ``states, actions,
+    returns_to_go, timesteps, mask`` of shape (B, prompt_len, ...).
+    """
+
+    def __init__(self, cfg: DTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = StepEmbedding(cfg)
+        self.prompt_embed = StepEmbedding(cfg) if cfg.prompt_len else None
+        self.task_embed = nn.Embedding(cfg.num_tasks, cfg.embed_dim) if cfg.num_tasks else None
+        self.embed_ln = nn.LayerNorm(cfg.embed_dim)
+        self.transformer = Transformer(cfg.embed_dim, cfg.n_layer, cfg.n_head, cfg.mlp_ratio,
+                                       cfg.activation, cfg.dropout)
+        self.heads = nn.ModuleList(
+            nn.Linear(cfg.embed_dim, cfg.act_dim) for _ in range(cfg.num_action_heads)
+        )
+
+    def encode(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        timesteps: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        task: torch.Tensor | None = None,
+        prompt: dict[str, torch.Tensor] | None = None,
+        route: Route | None = None,
+    ) -> torch.Tensor:
+        """Hidden states at the state tokens, (B, K, embed_dim)."""
+        n = self.cfg.tokens_per_step
+        b, k, _ = states.shape
+        if k > self.cfg.context_len:
+            raise ValueError(f"segment of {k} steps exceeds model.context_len={self.cfg.context_len}")
+        x = self.embed(states, actions, returns_to_go, timesteps)
+        valid = None if mask is None else mask.repeat_interleave(n, dim=1)
+        if prompt is not None:
+            if self.prompt_embed is None:
+                raise ValueError("a prompt was given but the model has model.prompt_len=0")
+            p = self.prompt_embed(prompt["states"], prompt["actions"], prompt["returns_to_go"],
+                                  prompt["timesteps"])
+            x = torch.cat([p, x], dim=1)
+            p_valid = prompt["mask"].repeat_interleave(n, dim=1)
+            valid = torch.cat([p_valid, torch.ones_like(x[:, p.shape[1]:, 0], dtype=torch.bool)
+                               if valid is None else valid], dim=1)
+        if self.task_embed is not None:
+            if task is None:
+                raise ValueError("this model has a task embedding: pass task (B,) indices")
+            x = x + self.task_embed(task)[:, None, :]
+        x = self.embed_ln(x)
+        attn = None if valid is None else attention_mask(valid)
+        h = self.transformer(x, attn, route)
+        h = h[:, -n * k:]  # drop the prompt positions
+        return h.reshape(b, k, n, -1)[:, :, n - 2]  # the state token of every step
+
+    def predict(self, features: torch.Tensor, head: Index = None) -> torch.Tensor:
+        """Actions from state-token features with head ``head`` (int, (B,) tensor or None = 0)."""
+        if head is None or isinstance(head, int):
+            out = self.heads[head or 0](features)
+        else:
+            out = torch.stack([h(features) for h in self.heads])[head, torch.arange(len(head))]
+        return torch.tanh(out) if self.cfg.tanh_actions else out
+
+    def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
+                timesteps: torch.Tensor, mask: torch.Tensor | None = None,
+                task: torch.Tensor | None = None, prompt: dict[str, torch.Tensor] | None = None,
+                route: Route | None = None, head: Index = None) -> torch.Tensor:
+        """Predicted actions (B, K, act_dim)."""
+        features = self.encode(states, actions, returns_to_go, timesteps, mask, task, prompt, route)
+        return self.predict(features, head)

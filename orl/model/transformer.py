@@ -1,0 +1,91 @@
+"""A GPT-style causal transformer (nanoGPT-like) whose block linears are ``OrlLinear``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from orl.model.layers import OrlLinear, Route
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, embed_dim: int, n_head: int, dropout: float) -> None:
+        super().__init__()
+        if embed_dim % n_head:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by n_head ({n_head})")
+        self.n_head = n_head
+        self.head_dim = embed_dim // n_head
+        self.qkv = OrlLinear(embed_dim, 3 * embed_dim)
+        self.proj = OrlLinear(embed_dim, embed_dim)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
+                route: Route | None = None) -> torch.Tensor:
+        """``attn_mask``: (B, 1, L, L) bool, True where attention is allowed; None = causal."""
+        b, length, _ = x.shape
+        q, k, v = self.qkv(x, route).view(b, length, 3, self.n_head, self.head_dim).unbind(2)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=attn_mask is None,
+        )
+        y = y.transpose(1, 2).reshape(b, length, self.n_head * self.head_dim)
+        return self.resid_dropout(self.proj(y, route))
+
+
+class MLP(nn.Module):
+    def __init__(self, embed_dim: int, hidden_dim: int, activation: str, dropout: float) -> None:
+        super().__init__()
+        self.fc = OrlLinear(embed_dim, hidden_dim)
+        self.act = ACTIVATIONS[activation]()
+        self.proj = OrlLinear(hidden_dim, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, route: Route | None = None) -> torch.Tensor:
+        return self.dropout(self.proj(self.act(self.fc(x, route)), route))
+
+
+class Block(nn.Module):
+    def __init__(self, embed_dim: int, n_head: int, mlp_ratio: int, activation: str,
+                 dropout: float) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(embed_dim)
+        self.attn = CausalSelfAttention(embed_dim, n_head, dropout)
+        self.ln_2 = nn.LayerNorm(embed_dim)
+        self.mlp = MLP(embed_dim, mlp_ratio * embed_dim, activation, dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
+                route: Route | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask, route)
+        return x + self.mlp(self.ln_2(x), route)
+
+
+class Transformer(nn.Module):
+    """Embedded tokens in, hidden states out: dropout, blocks, final LayerNorm."""
+
+    def __init__(self, embed_dim: int, n_layer: int, n_head: int, mlp_ratio: int = 4,
+                 activation: str = "gelu", dropout: float = 0.1) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, n_head, mlp_ratio, activation, dropout) for _ in range(n_layer)
+        )
+        self.ln_f = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                route: Route | None = None) -> torch.Tensor:
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, attn_mask, route)
+        return self.ln_f(x)
+
+    def linears(self) -> list[tuple[str, OrlLinear]]:
+        """Every ``OrlLinear`` of the blocks with its qualified name."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, OrlLinear)]

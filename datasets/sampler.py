@@ -268,6 +268,20 @@ class SegmentSampler:
             batch |= {f"prompt_{name}": prompt[name] for name in PROMPT_FIELDS}
         return SegmentBatch(**batch)
 
+    def best_prompts(self) -> dict[str, torch.Tensor]:
+        """Each task's evaluation prompt: the last ``prompt_len`` steps of its best episode.
+
+        Fields as in the batch without the ``prompt_`` prefix, each (num_tasks, P, ...); tasks
+        without prompt episodes get an all-padding prompt.
+        """
+        if self.config.prompt_len == 0:
+            raise ValueError("best_prompts needs sampler.prompt_len > 0")
+        have = self.prompt_best >= 0
+        window = self.prompt_steps.window(self.prompt_first[np.where(have, self.prompt_best, 0)],
+                                          self.config.prompt_len)
+        window["mask"] &= self.steps.tensor(have)[:, None]
+        return {name: window[name] for name in PROMPT_FIELDS}
+
     def sample(self, task: int | None = None) -> SegmentBatch:
         """One batch: all from ``task`` if given, else per ``task_mode``."""
         return self.segments(self.draw_starts(task))

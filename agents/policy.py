@@ -1,0 +1,157 @@
+"""Batched Decision Transformer inference: the evaluation policy that every DT agent returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from orl.model.dt import DecisionTransformer
+from orl.model.layers import Route
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode (no dropout) and put it back into training mode if it was."""
+    if not model.training:  # the usual case: switching walks every module, so skip it
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
+
+
+class DTPolicy:
+    """Acts with a Decision Transformer on a batch of envs that may play different tasks.
+
+    Every env's history is kept as ``SegmentSampler`` cuts training segments: states normalised
+    with the statistics of the env's task, returns-to-go divided by ``rtg_scale`` and starting at
+    the task's ``target_return`` (raw reward units), timesteps counted from the reset, and the
+    last ``context_len`` steps left-padded with zeros and mask False while fewer were played.
+    ``act`` runs one forward pass for the whole batch.
+
+    Per task (index ``i``, named ``task_names[i]``): ``state_mean``/``state_std`` rows,
+    ``target_return``, optionally ``action_head[i]`` and the Prompt-DT ``prompt`` tensors (a dict
+    with the model's prompt keys ``states, actions, returns_to_go, timesteps, mask``, each
+    ``(num_tasks, prompt_len, ...)``). ``use_task_embedding`` passes the task indices to the
+    model; ``route_fn(task_indices) -> Route`` picks masks or adapters per env.
+    """
+
+    def __init__(
+        self,
+        model: DecisionTransformer,
+        state_mean: np.ndarray | torch.Tensor,
+        state_std: np.ndarray | torch.Tensor,
+        target_return: float | Sequence[float],
+        rtg_scale: float = 1.0,
+        task_names: Sequence[str] | None = None,
+        context_len: int | None = None,
+        device: torch.device | str | None = None,
+        prompt: dict[str, torch.Tensor] | None = None,
+        use_task_embedding: bool = False,
+        action_head: Sequence[int] | None = None,
+        route_fn: Callable[[torch.Tensor], Route] | None = None,
+    ) -> None:
+        cfg = model.cfg
+        self.model = model
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.state_mean = self._tensor(state_mean).reshape(-1, cfg.obs_dim)
+        self.state_std = self._tensor(state_std).reshape(-1, cfg.obs_dim)
+        num_tasks = len(self.state_mean)
+        target = self._tensor(target_return).reshape(-1)
+        self.target_return = target.expand(num_tasks).clone() if len(target) == 1 else target
+        self.rtg_scale = float(rtg_scale)
+        self.context_len = context_len or cfg.context_len
+        self.task_names = list(task_names) if task_names is not None else None
+        self.prompt = None if prompt is None else {
+            key: torch.as_tensor(value, device=self.device) for key, value in prompt.items()
+        }
+        self.use_task_embedding = use_task_embedding
+        self.action_head = None if action_head is None else torch.as_tensor(
+            action_head, dtype=torch.long, device=self.device
+        )
+        self.route_fn = route_fn
+        sizes = {"state_std": self.state_std, "target_return": self.target_return,
+                 "task_names": self.task_names, "action_head": self.action_head}
+        for name, values in sizes.items():
+            if values is not None and len(values) != num_tasks:
+                raise ValueError(f"state_mean has {num_tasks} tasks but {name} has {len(values)}")
+        if self.task_names is None and num_tasks > 1:
+            raise ValueError(f"{num_tasks} tasks need task_names")
+        if not 0 < self.context_len <= cfg.context_len:
+            raise ValueError(f"context_len must be in [1, {cfg.context_len}], got {self.context_len}")
+        if use_task_embedding and model.task_embed is None:
+            raise ValueError("use_task_embedding needs a model with a task embedding (num_tasks > 0)")
+        # Step t of an episode sits at buffer position pad + t; the first pad positions are the
+        # left padding of the first windows (zeros, mask False, timestep 0).
+        self._pad = self.context_len - 1
+        length = self._pad + cfg.max_timestep
+        self._timesteps = (torch.arange(length, device=self.device) - self._pad).clamp(min=0)
+        self._valid = torch.arange(length, device=self.device) >= self._pad
+        self.reset(1)  # ready for one env of task 0
+
+    def _tensor(self, values: float | Sequence[float] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(values, dtype=torch.float32, device=self.device)
+
+    def task_index(self, task: str) -> int:
+        """Index of task ``task``. A single-task policy plays every task as its task 0 (env ids
+        and dataset task names often differ, and transfer to other tasks is a fair question)."""
+        if self.task_names is None or len(self.task_names) == 1:
+            return 0
+        try:
+            return self.task_names.index(task)
+        except ValueError:
+            raise ValueError(f"DTPolicy knows no task {task!r}; it has {self.task_names}") from None
+
+    @torch.inference_mode()
+    def reset(self, num_envs: int, tasks: Sequence[str] | None = None) -> None:
+        """Start new episodes in ``num_envs`` envs playing ``tasks`` (default: all task 0)."""
+        if tasks is not None and len(tasks) != num_envs:
+            raise ValueError(f"{len(tasks)} tasks for {num_envs} envs")
+        index = [0] * num_envs if tasks is None else [self.task_index(t) for t in tasks]
+        task = torch.tensor(index, dtype=torch.long, device=self.device)
+        cfg, length = self.model.cfg, len(self._valid)
+        self._states = torch.zeros(num_envs, length, cfg.obs_dim, device=self.device)
+        self._actions = torch.zeros(num_envs, length, cfg.act_dim, device=self.device)
+        self._rtg = torch.zeros(num_envs, length, device=self.device)
+        self._mean, self._std = self.state_mean[task], self.state_std[task]
+        self._target = self.target_return[task] / self.rtg_scale
+        self._task = task if self.use_task_embedding else None
+        self._prompt = None if self.prompt is None else {k: v[task] for k, v in self.prompt.items()}
+        self._route = None if self.route_fn is None else self.route_fn(task)
+        self._head: int | torch.Tensor | None = None
+        if self.action_head is not None:
+            heads = self.action_head[task]
+            self._head = int(heads[0]) if bool((heads == heads[0]).all()) else heads
+        self._step = 0
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray, reward: np.ndarray) -> np.ndarray:
+        """Actions (N, act_dim) float32 for observations (N, obs_dim); ``reward`` (N,) is the
+        reward of the previous action (ignored at the first step)."""
+        t, pos, k = self._step, self._pad + self._step, self.context_len
+        if pos >= len(self._valid):
+            max_timestep = self.model.cfg.max_timestep
+            raise RuntimeError(f"more steps since reset than the model's max_timestep ({max_timestep})")
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        self._states[:, pos] = (obs_t - self._mean) / self._std
+        if t == 0:
+            self._rtg[:, pos] = self._target
+        else:
+            reward_t = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
+            self._rtg[:, pos] = self._rtg[:, pos - 1] - reward_t / self.rtg_scale
+        window, n = slice(pos + 1 - k, pos + 1), len(obs_t)
+        with eval_mode(self.model):
+            out = self.model(
+                self._states[:, window], self._actions[:, window], self._rtg[:, window],
+                self._timesteps[window].expand(n, k), self._valid[window].expand(n, k),
+                task=self._task, prompt=self._prompt, route=self._route, head=self._head,
+            )
+        self._actions[:, pos] = out[:, -1]
+        self._step += 1
+        return out[:, -1].cpu().numpy()

@@ -1,0 +1,67 @@
+"""Loading trained agents back as ready policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a run dir (its ``final``, else the latest) or a checkpoint dir."""
+    from orl.train.checkpoint import checkpoints_dir, latest_checkpoint
+
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    final = checkpoints_dir(path) / "final"
+    if (final / "state.json").is_file():
+        return final
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(
+            f"{str(path)!r} is neither a checkpoint directory nor a run directory with checkpoints."
+        )
+    return latest
+
+
+def load_trained_agent(path: str | Path, device: str | None = None) -> Any:
+    """The agent saved in a checkpoint (or a run dir), weights loaded, in eval mode."""
+    from orl.agents import DataSpec, build_agent
+    from orl.config import from_dict
+    from orl.config.experiment import ExperimentConfig
+    from orl.train.checkpoint import CheckpointError, load_model_weights, read_checkpoint
+
+    checkpoint = resolve_checkpoint(path)
+    state, _ = read_checkpoint(checkpoint, files=())
+    extra = state.get("extra", {})
+    if "config" not in extra or "data_spec" not in extra:
+        raise CheckpointError(f"checkpoint {checkpoint} was not written by train-agent (no config)")
+    cfg = from_dict(ExperimentConfig, extra["config"])
+    spec = DataSpec(**extra["data_spec"])
+    num_tasks = len(spec.task_names)
+    prompts = None
+    if cfg.agent.name == "prompt_dt":
+        shape = (num_tasks, cfg.sampler.prompt_len)
+        prompts = {
+            "states": torch.zeros(*shape, spec.obs_dim), "actions": torch.zeros(*shape, spec.act_dim),
+            "returns_to_go": torch.zeros(shape), "timesteps": torch.zeros(shape, dtype=torch.long),
+            "mask": torch.zeros(shape, dtype=torch.bool),
+        }
+    agent = build_agent(cfg.agent, cfg.model, cfg.sampler, spec,
+                        torch.zeros(num_tasks, spec.obs_dim), torch.ones(num_tasks, spec.obs_dim),
+                        prompts)
+    load_model_weights(checkpoint, agent)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return agent.to(device).eval()
+
+
+def load_agent(path: str | Path, device: str | None = None, with_tasks: bool = False) -> Any:
+    """A ready evaluation policy from a checkpoint or run dir (``orl.evaluate`` accepts it).
+
+    With ``with_tasks`` also the names of the tasks it was trained on.
+    """
+    agent = load_trained_agent(path, device)
+    policy = agent.policy()
+    return (policy, list(agent.spec.task_names)) if with_tasks else policy

@@ -1,0 +1,99 @@
+"""The configuration of one ``train-agent`` run. Defaults are the built-in quickstart:
+MTDT on a small MT10 near-optimal dataset, sized for a 2-core CPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orl.datasets.sampler import SamplerConfig
+from orl.train.config import TrainConfig
+
+AGENT_NAMES = ("dt", "mtdt", "prompt_dt", "mtbc")
+LOGGER_NAMES = ("none", "csv", "wandb")
+VECTOR_MODES = ("sync", "async")
+
+
+@dataclass
+class AgentConfig:
+    """Which learner. ``dt``: one task; ``mtdt``: shared multi-task DT; ``prompt_dt``: trajectory
+    prompt instead of a task id; ``mtbc``: behaviour cloning with the same transformer."""
+
+    name: str = "mtdt"
+    task_embedding: bool = True  # mtdt/mtbc: add a learned task-id embedding to every token
+
+    def __post_init__(self) -> None:
+        if self.name not in AGENT_NAMES:
+            raise ValueError(f"agent.name must be one of {', '.join(AGENT_NAMES)}, got {self.name!r}")
+
+
+@dataclass
+class ModelConfig:
+    """Transformer size (context length and prompt length come from the sampler section)."""
+
+    embed_dim: int = 64
+    n_layer: int = 2
+    n_head: int = 2
+    mlp_ratio: int = 4
+    activation: str = "gelu"
+    dropout: float = 0.1
+    max_timestep: int = 500  # > the longest episode (Meta-World: 500)
+    tanh_actions: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Training data: Meta-World tasks at a level (made locally when missing), or explicit ids."""
+
+    tasks: list[str] = field(default_factory=lambda: ["MT10"])  # tasks and/or benchmarks
+    level: str = "near-optimal"
+    version: int = 0
+    episodes: int = 20  # per task, when a missing dataset is generated
+    generate_missing: bool = True
+    datasets: list[str] = field(default_factory=list)  # Minari ids / D4RL files instead of tasks
+    eval_tasks: list[str] = field(default_factory=list)  # gym ids to evaluate on with `datasets`
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation during and after training (``train.eval_every``)."""
+
+    episodes: int = 10  # per task; episode i uses goal variation i
+    num_envs: int = 10  # per task; all tasks' envs step together
+    vector: str = "sync"
+    target_return: float | None = None  # raw units; None: each task's best dataset return
+    max_steps: int | None = None  # cap on episode length (None: the env's own limit)
+
+    def __post_init__(self) -> None:
+        if self.episodes <= 0 or self.num_envs <= 0:
+            raise ValueError("eval.episodes and eval.num_envs must be positive")
+        if self.vector not in VECTOR_MODES:
+            raise ValueError(f"eval.vector must be one of {VECTOR_MODES}, got {self.vector!r}")
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None  # default: <agent>-<tasks>-<timestamp>
+    out_dir: str = "runs"
+    seed: int = 0
+    logger: str = "wandb"  # none | csv | wandb (offline unless WANDB_MODE says otherwise)
+    wandb_project: str = "orl"
+
+    def __post_init__(self) -> None:
+        if self.logger not in LOGGER_NAMES:
+            raise ValueError(f"run.logger must be one of {', '.join(LOGGER_NAMES)}, got {self.logger!r}")
+
+
+@dataclass
+class ExperimentConfig:
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(
+        default_factory=lambda: SamplerConfig(context_len=20, batch_size=32, rtg_scale=1000.0)
+    )
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=2000, lr=1e-3, warmup_steps=200,
+                                            log_every=100, checkpoint_every=1000)
+    )
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)

@@ -1,0 +1,244 @@
+"""Batched policy evaluation: every task's envs in one gymnasium vector env, one policy call per step.
+
+Episodes run in waves. A wave resets all ``N = len(tasks) * num_envs`` sub-envs, then steps them
+together until each has finished its episode; env ``k`` of a task plays episode
+``wave * num_envs + k``. Episode ``i`` of a task is reset with seed ``seed + i`` and, for Meta-World,
+goal variation ``i % 50``, so results do not depend on ``num_envs`` or on the other tasks.
+
+A finished sub-env is never stepped again in its wave: :class:`SingleEpisode` wraps every sub-env,
+keeps the vector env from seeing the end of the episode (so it never auto-resets) and answers
+further steps with the final observation and zero reward, without touching the env. This is
+cheap (no physics for finished envs) and safe for envs that must not be stepped after truncation
+(Meta-World raises then), with sync and async vector envs alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector.utils import batch_differing_spaces
+from tqdm.auto import tqdm
+
+from orl.envs import ENV_IDS, env_id, resolve_tasks
+from orl.envs.metaworld import NUM_VARIATIONS
+from orl.eval.policy import Policy, reset_policy
+from orl.eval.result import EvalResult, TaskResult
+
+VECTOR_MODES = ("sync", "async")
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """A task to evaluate: its name (as reported) and the gymnasium id its envs are made from."""
+
+    name: str
+    env_id: str
+    metaworld: bool
+
+    def reset_options(self, episode: int) -> dict[str, Any]:
+        """Reset options of episode ``episode``: the goal variation for Meta-World."""
+        return {"variation": episode % NUM_VARIATIONS} if self.metaworld else {}
+
+
+def resolve_eval_tasks(tasks: str | Sequence[str]) -> list[EvalTask]:
+    """Meta-World tasks and benchmarks, gymnasium ids and short MuJoCo names (``"hopper"``) as
+    :class:`EvalTask` s, in order, without repeats. A string may be a comma-separated list."""
+    items = [s.strip() for s in (tasks.split(",") if isinstance(tasks, str) else tasks)]
+    resolved: list[EvalTask] = []
+    for item in filter(None, items):
+        if item in gym.registry and not item.startswith("orl/"):
+            resolved.append(EvalTask(item, item, metaworld=False))
+        elif item.lower() in ENV_IDS:
+            resolved.append(EvalTask(item, ENV_IDS[item.lower()], metaworld=False))
+        else:
+            try:
+                names = resolve_tasks(item.removeprefix("orl/"))
+            except ValueError as err:
+                raise ValueError(f"{err} Nor is it a registered gymnasium id.") from None
+            resolved.extend(EvalTask(name, env_id(name), metaworld=True) for name in names)
+    if not resolved:
+        raise ValueError(f"No tasks in {tasks!r}.")
+    return list(dict.fromkeys(resolved))
+
+
+class SingleEpisode(gym.Wrapper):
+    """Plays one episode per reset, then freezes without stepping the wrapped env again.
+
+    The end of the episode (termination, truncation, or ``max_steps`` steps) is reported as
+    ``info["episode_over"]``; ``terminated``/``truncated`` stay False so a vector env never
+    auto-resets. Once over, ``step`` returns the final observation and reward 0. ``plan`` holds
+    the options of the next reset (set per sub-env with ``VectorEnv.set_attr``); ``None`` skips the
+    next episode: the env is reset but over at once.
+    """
+
+    def __init__(self, env: gym.Env, max_steps: int | None = None) -> None:
+        super().__init__(env)
+        self.max_steps = max_steps
+        self.plan: dict[str, Any] | None = {}
+        self._over = True
+        self._steps = 0
+        self._obs: Any = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        plan = self.plan
+        obs, info = self.env.reset(seed=seed, options={**(options or {}), **(plan or {})})
+        self._obs, self._steps, self._over = obs, 0, plan is None
+        return obs, info
+
+    def step(self, action):
+        if self._over:
+            return self._obs, 0.0, False, False, {"episode_over": True}
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._steps += 1
+        capped = self.max_steps is not None and self._steps >= self.max_steps
+        self._obs, self._over = obs, bool(terminated or truncated or capped)
+        return obs, reward, False, False, {**info, "episode_over": self._over}
+
+
+def make_env(env_id: str, max_steps: int | None) -> SingleEpisode:
+    """One sub-env of the evaluation vector env (module level, so async workers can pickle it)."""
+    return SingleEpisode(gym.make(env_id), max_steps)
+
+
+def make_vector_env(
+    env_ids: Sequence[str], max_steps: int | None = None, vector: str = "sync"
+) -> gym.vector.VectorEnv:
+    """A vector env with one :class:`SingleEpisode` sub-env per id.
+
+    Ids may differ (Meta-World tasks, or any envs with equal observation shapes and equal
+    action spaces); to check that, every distinct id is made once per process.
+    """
+    if vector not in VECTOR_MODES:
+        raise ValueError(f"vector must be one of {VECTOR_MODES}, got {vector!r}")
+    spaces = {name: _spaces(name, max_steps) for name in dict.fromkeys(env_ids)}
+    first_obs, first_action = spaces[env_ids[0]]
+    for name, (obs_space, action_space) in spaces.items():
+        if (obs_space.shape, obs_space.dtype) != (first_obs.shape, first_obs.dtype):
+            raise ValueError(f"{name} and {env_ids[0]} have different observation shapes or "
+                             "dtypes; evaluate them in separate calls")
+        if action_space != first_action:
+            raise ValueError(f"{name} and {env_ids[0]} have different action spaces; "
+                             "evaluate them in separate calls")
+    batched = batch_differing_spaces([spaces[name][0] for name in env_ids])
+    observation_mode = (batched, first_obs)
+    env_fns = [functools.partial(make_env, name, max_steps) for name in env_ids]
+    kwargs = dict(observation_mode=observation_mode, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    if vector == "async":
+        return gym.vector.AsyncVectorEnv(env_fns, **kwargs)
+    return gym.vector.SyncVectorEnv(env_fns, **kwargs)
+
+
+def _spaces(name: str, max_steps: int | None) -> tuple[gym.spaces.Box, gym.spaces.Box]:
+    """Observation and action space of env ``name``, checked to suit evaluation."""
+    obs_space, action_space, time_limit = env_info(name)
+    for kind, space in (("observation", obs_space), ("action", action_space)):
+        if not isinstance(space, gym.spaces.Box):
+            raise ValueError(f"{name}: evaluation needs a Box {kind} space, got {space}")
+    if max_steps is None and time_limit is None:
+        raise ValueError(f"{name} has no time limit: pass max_steps")
+    return obs_space, action_space
+
+
+@functools.cache
+def env_info(name: str) -> tuple[gym.Space, gym.Space, int | None]:
+    """Spaces and time limit of env ``name``, made once per process (Meta-World envs are slow
+    to make)."""
+    env = gym.make(name)
+    env.close()
+    return env.observation_space, env.action_space, env.spec and env.spec.max_episode_steps
+
+
+def evaluate(
+    policy: Policy,
+    tasks: str | Sequence[str],
+    episodes: int = 10,
+    num_envs: int = 10,
+    seed: int = 0,
+    vector: str = "sync",
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Run ``episodes`` episodes of every task with ``policy`` acting on all envs at once.
+
+    ``tasks``: Meta-World tasks or benchmarks (``"MT10"``), gymnasium ids (``"Hopper-v5"``) or
+    short MuJoCo names, as a list or a comma-separated string; repeats are evaluated once.
+    ``num_envs`` envs per task run together (fewer if ``episodes`` is smaller); ``vector`` is
+    ``"sync"`` or ``"async"`` (one process per env). ``max_steps`` caps the steps of an episode
+    (a truncation). The policy gets ``reset(N, tasks=...)`` with one task name per env if its
+    ``reset`` accepts ``tasks``.
+    """
+    if episodes <= 0 or num_envs <= 0:
+        raise ValueError(f"episodes and num_envs must be positive, got {episodes} and {num_envs}")
+    if max_steps is not None and max_steps <= 0:
+        raise ValueError(f"max_steps must be positive, got {max_steps}")
+    eval_tasks = resolve_eval_tasks(tasks)
+    per_task = min(num_envs, episodes)
+    env_task = np.repeat(np.arange(len(eval_tasks)), per_task)  # (N,) task of each sub-env
+    slot = np.tile(np.arange(per_task), len(eval_tasks))  # (N,) index of the env in its task
+    task_names = [eval_tasks[t].name for t in env_task]
+    returns = np.zeros((len(eval_tasks), episodes))
+    lengths = np.zeros((len(eval_tasks), episodes), dtype=np.int64)
+    successes = np.full((len(eval_tasks), episodes), np.nan)
+
+    envs = make_vector_env([eval_tasks[t].env_id for t in env_task], max_steps, vector)
+    start = time.perf_counter()
+    try:
+        with tqdm(total=len(eval_tasks) * episodes, desc="eval", unit="ep",
+                  disable=not progress) as bar:
+            for wave in range(math.ceil(episodes / per_task)):
+                episode = wave * per_task + slot
+                run = episode < episodes
+                envs.set_attr("plan", [eval_tasks[t].reset_options(e) if r else None
+                                       for t, e, r in zip(env_task, episode, run)])
+                obs, _ = envs.reset(seed=[seed + int(e) for e in episode])
+                reset_policy(policy, len(env_task), task_names)
+                ret, length, success = _run_wave(policy, envs, obs, run)
+                rows, cols = env_task[run], episode[run]
+                returns[rows, cols], lengths[rows, cols] = ret[run], length[run]
+                successes[rows, cols] = success[run]
+                bar.update(int(run.sum()))
+        seconds = time.perf_counter() - start
+    finally:
+        envs.close()
+    results = [
+        TaskResult(task.name, task.env_id, returns[i], lengths[i], successes[i])
+        for i, task in enumerate(eval_tasks)
+    ]
+    return EvalResult(results, env_steps=int(lengths.sum()), seconds=seconds)
+
+
+def _run_wave(
+    policy: Policy, envs: gym.vector.VectorEnv, obs: np.ndarray, live: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step all envs until every ``live`` one has finished its episode.
+
+    Returns per env: the return, the length and whether ``info["success"]`` was ever true
+    (NaN for envs that never reported a success).
+    """
+    n = envs.num_envs
+    live = live.copy()
+    ret, length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    success, reports = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    reward = np.zeros(n)
+    action_shape = (n, *envs.single_action_space.shape)
+    while live.any():
+        action = np.asarray(policy.act(obs, reward), dtype=envs.single_action_space.dtype)
+        if action.shape != action_shape:
+            raise ValueError(f"policy.act returned actions of shape {action.shape}, "
+                             f"expected {action_shape}")
+        obs, reward, _, _, info = envs.step(action)
+        reward = np.where(live, reward, 0.0)
+        ret += reward
+        length += live
+        if "success" in info:
+            reports |= live & info["_success"]
+            success |= live & info["_success"] & info["success"].astype(bool)
+        live &= ~info["episode_over"]
+    return ret, length, np.where(reports, success, np.nan)

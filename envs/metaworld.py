@@ -10,6 +10,7 @@ point so Minari can store their spec.
 from __future__ import annotations
 
 import difflib
+import warnings
 from functools import cache
 from typing import Any
 
@@ -145,7 +146,9 @@ def expert_policy(task: str):
     """Meta-World's scripted expert for ``task``: ``policy(obs) -> action`` (clipped to [-1, 1])."""
     from metaworld.policies import ENV_POLICY_MAP
 
-    scripted = ENV_POLICY_MAP[check_task(task)]()
+    with warnings.catch_warnings():  # "Constant(s) may be too high": we clip below anyway
+        warnings.simplefilter("ignore", UserWarning)
+        scripted = ENV_POLICY_MAP[check_task(task)]()
 
     def act(obs: np.ndarray) -> np.ndarray:
         return np.clip(scripted.get_action(np.asarray(obs, dtype=np.float64)), -1.0, 1.0)

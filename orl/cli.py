@@ -106,7 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--vector", choices=["sync", "async"], default="sync")
     ev.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
-    ev.add_argument("--video", type=Path, default=None, help="write one video per task here")
     ev.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     ev.set_defaults(func=_cmd_eval)
     return parser

@@ -41,8 +41,8 @@ class RunLogger:
             import wandb
         except ImportError as err:
             raise ImportError(
-                "logger=wandb needs the wandb package: pip install 'orl[wandb]' "
-                "(or use logger=csv)"
+                "run.logger=wandb needs the wandb package: pip install wandb "
+                "(or use run.logger=csv)"
             ) from err
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")

@@ -10,6 +10,7 @@ import torch
 
 from orl.agents.base import Agent
 from orl.agents.dt import DataSpec, DTAgent
+from orl.agents.harmodt.agent import HarmoDTAgent
 from orl.model.dt import DTConfig
 
 
@@ -28,7 +29,7 @@ def build_agent(agent_cfg: Any, model_cfg: Any, sampler_cfg: Any, spec: DataSpec
         context_len=sampler_cfg.context_len,
         return_conditioned=name != "mtbc",
         num_tasks=len(spec.task_names) if multi_task else 0,
-        prompt_len=sampler_cfg.prompt_len if name == "prompt_dt" else 0,
+        prompt_len=sampler_cfg.prompt_len if name in ("prompt_dt", "harmodt") else 0,
         **asdict(model_cfg),
     )
     if name == "prompt_dt" and sampler_cfg.prompt_len <= 0:
@@ -38,7 +39,13 @@ def build_agent(agent_cfg: Any, model_cfg: Any, sampler_cfg: Any, spec: DataSpec
             f"agent.name=dt trains on one task, but the data holds {len(spec.task_names)} "
             "(use mtdt, prompt_dt or mtbc for several)"
         )
+    if name == "harmodt":
+        if len(spec.task_names) < 2:
+            raise ValueError("agent.name=harmodt needs at least two tasks")
+        seed = int(torch.randint(2**31 - 1, ()))  # from the run's seeded global generator
+        return HarmoDTAgent(dt_cfg, spec, state_mean, state_std, prompts, agent_cfg.harmodt,
+                            torch.Generator().manual_seed(seed))
     return DTAgent(dt_cfg, spec, state_mean, state_std, prompts if name == "prompt_dt" else None)
 
 
-__all__ = ["Agent", "DTAgent", "DataSpec", "build_agent"]
+__all__ = ["Agent", "DTAgent", "DataSpec", "HarmoDTAgent", "build_agent"]

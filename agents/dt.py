@@ -15,6 +15,7 @@ import torch
 
 from orl.agents.base import Agent
 from orl.model.dt import DecisionTransformer, DTConfig
+from orl.model.layers import Route
 
 
 @dataclass
@@ -59,8 +60,12 @@ class DTAgent(Agent):
             return None
         return {name: getattr(self, f"prompt_{name}") for name in self.prompt_fields}
 
-    def forward_batch(self, batch: Any) -> torch.Tensor:
-        """Predicted actions for a ``SegmentBatch``."""
+    def route(self, task: torch.Tensor) -> Route | None:
+        """Masks/adapters each sample uses, from its task index; plain DTs use none."""
+        return None
+
+    def forward_batch(self, batch: Any, route: Route | None = None) -> torch.Tensor:
+        """Predicted actions for a ``SegmentBatch``, through the masks/adapters of ``route``."""
         prompt = None
         if batch.prompt_states is not None and self.model.prompt_embed is not None:
             prompt = {
@@ -71,13 +76,11 @@ class DTAgent(Agent):
         return self.model(
             batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask,
             task=batch.task if self.uses_task_id else None, prompt=prompt,
+            route=route,
         )
 
     def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        predicted = self.forward_batch(batch)
-        weight = batch.mask.unsqueeze(-1).to(predicted.dtype)
-        error = ((predicted - batch.actions) ** 2 * weight).sum()
-        loss = error / (weight.sum() * predicted.shape[-1]).clamp_min(1.0)
+        loss = action_mse(self.forward_batch(batch, self.route(batch.task)), batch)
         return loss, {"action_mse": loss.detach()}
 
     def policy(self, target_returns: list[float] | None = None, device: str | None = None) -> Any:
@@ -95,4 +98,12 @@ class DTAgent(Agent):
             device=device,
             prompt=self.prompts(),
             use_task_embedding=self.uses_task_id,
+            route_fn=self.route,
         )
+
+
+def action_mse(predicted: torch.Tensor, batch: Any) -> torch.Tensor:
+    """The DT loss: mean squared action error over the real (unpadded) steps."""
+    weight = batch.mask.unsqueeze(-1).to(predicted.dtype)
+    error = ((predicted - batch.actions) ** 2 * weight).sum()
+    return error / (weight.sum() * predicted.shape[-1]).clamp_min(1.0)

@@ -42,7 +42,7 @@ def load_trained_agent(path: str | Path, device: str | None = None) -> Any:
     spec = DataSpec(**extra["data_spec"])
     num_tasks = len(spec.task_names)
     prompts = None
-    if cfg.agent.name == "prompt_dt":
+    if cfg.agent.name in ("prompt_dt", "harmodt") and cfg.sampler.prompt_len > 0:
         shape = (num_tasks, cfg.sampler.prompt_len)
         prompts = {
             "states": torch.zeros(*shape, spec.obs_dim), "actions": torch.zeros(*shape, spec.act_dim),

@@ -80,7 +80,8 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
 
     sources, eval_tasks = dataset_sources(cfg)
     store = load(sources)
-    check_env_dims(store.obs_dim, store.act_dim, eval_tasks)
+    if eval_tasks:
+        check_env_dims(store.obs_dim, store.act_dim, eval_tasks)
     seed_everything(cfg.run.seed)
     rank = int(os.environ.get("RANK", 0))
     device = "cuda" if cfg.train.device == "auto" and torch.cuda.is_available() else (

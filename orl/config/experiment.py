@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from orl.agents.harmodt.agent import HarmoDTConfig
 from orl.datasets.sampler import SamplerConfig
 from orl.train.config import TrainConfig
 
-AGENT_NAMES = ("dt", "mtdt", "prompt_dt", "mtbc")
+AGENT_NAMES = ("dt", "mtdt", "prompt_dt", "mtbc", "harmodt")
 LOGGER_NAMES = ("none", "csv", "wandb")
 VECTOR_MODES = ("sync", "async")
 
@@ -16,10 +17,12 @@ VECTOR_MODES = ("sync", "async")
 @dataclass
 class AgentConfig:
     """Which learner. ``dt``: one task; ``mtdt``: shared multi-task DT; ``prompt_dt``: trajectory
-    prompt instead of a task id; ``mtbc``: behaviour cloning with the same transformer."""
+    prompt instead of a task id; ``mtbc``: behaviour cloning with the same transformer;
+    ``harmodt``: per-task masks over a (Prompt-)DT (section ``agent.harmodt``)."""
 
     name: str = "mtdt"
     task_embedding: bool = True  # mtdt/mtbc: add a learned task-id embedding to every token
+    harmodt: HarmoDTConfig = field(default_factory=HarmoDTConfig)
 
     def __post_init__(self) -> None:
         if self.name not in AGENT_NAMES:

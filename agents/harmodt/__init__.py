@@ -1,0 +1,1 @@
+"""HarmoDT: per-task harmony masks over the transformer-block weights (see ``masks``)."""

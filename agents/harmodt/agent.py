@@ -1,0 +1,156 @@
+"""HarmoDT: a (Prompt-)DT whose block weights are seen through one learned binary mask per task.
+
+Inner level: every training step runs under the mask of the batch's task (round-robin
+single-task batches, ``sampler.task_mode=round_robin``), through the model's masked layers;
+weights outside the mask are left exactly as they were (AdamW's momentum and weight decay would
+otherwise move them), restored from a copy of the masked layers made just before the optimizer
+step. Upper level, every ``mask_interval`` steps (variants M and F): per-task masked and unmasked
+gradients on a fresh batch, then prune/regrow (``masks.update_task_masks``). Masks are buffers of
+the model, so they are saved and restored with every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from orl.agents.dt import DataSpec, DTAgent, action_mse
+from orl.agents.harmodt.masks import (
+    VARIANTS,
+    apply_masks,
+    change_count,
+    erk_densities,
+    mask_shapes,
+    random_masks,
+    update_task_masks,
+)
+from orl.model.dt import DTConfig
+from orl.model.layers import OrlLinear, Route
+from orl.train.callbacks import Callback
+
+
+@dataclass
+class HarmoDTConfig:
+    """The ``agent.harmodt`` section (defaults: the authors' code)."""
+
+    variant: str = "F"  # R: fixed random masks; M: magnitude; F: Fisher
+    sparsity: float = 0.2  # of every task mask (ERK densities over the block weights)
+    mask_interval: int = 500  # steps between mask updates
+    eta_max: int = 100  # entries changed per task and layer at the middle of training
+    gamma: float = 10.0  # weight of the harmony agreement in the prune score
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"agent.harmodt.variant must be one of {VARIANTS}, got {self.variant!r}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"agent.harmodt.sparsity must be in [0, 1), got {self.sparsity}")
+        if self.mask_interval <= 0:
+            raise ValueError(f"agent.harmodt.mask_interval must be > 0, got {self.mask_interval}")
+        if self.eta_max < 0:
+            raise ValueError(f"agent.harmodt.eta_max must be >= 0, got {self.eta_max}")
+
+
+class HarmoDTAgent(DTAgent):
+    """A DT with per-task ERK masks on every ``OrlLinear`` of its blocks."""
+
+    def __init__(self, model_cfg: DTConfig, spec: DataSpec, state_mean: np.ndarray,
+                 state_std: np.ndarray, prompts: dict[str, torch.Tensor] | None,
+                 cfg: HarmoDTConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(model_cfg, spec, state_mean, state_std, prompts)
+        self.harmodt = cfg
+        shapes = mask_shapes(self.model.transformer)
+        densities = erk_densities(shapes, cfg.sparsity)
+        masks = random_masks(shapes, densities, len(spec.task_names),
+                             generator or torch.Generator().manual_seed(0))
+        apply_masks(self.model.transformer, masks)
+        self.last_task: torch.Tensor | None = None  # tasks of the batch being trained on
+
+    def masked_linears(self) -> dict[str, OrlLinear]:
+        return dict(self.model.transformer.linears())
+
+    def task_masks(self) -> dict[str, torch.Tensor]:
+        """name -> (num_tasks, out, in) bool masks (the live buffers)."""
+        return {name: lin.masks for name, lin in self.masked_linears().items()}
+
+    def route(self, task: torch.Tensor) -> Route:
+        return Route(mask=task)
+
+    def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self.last_task = batch.task
+        return super().loss(batch)
+
+    def callbacks(self) -> list[Callback]:
+        keep = [KeepMaskedOutWeights(self)]
+        return keep if self.harmodt.variant == "R" else [*keep, MaskUpdate(self)]
+
+
+class KeepMaskedOutWeights(Callback):
+    """Leaves every weight outside the trained tasks' masks bit-identical across an optimizer
+    step, through the optimizer's own pre/post step hooks (no state-dict copies)."""
+
+    def __init__(self, agent: HarmoDTAgent) -> None:
+        self.agent = agent
+        self.saved: dict[str, torch.Tensor] = {}
+        self.handles: list[Any] = []
+
+    def on_train_start(self, trainer: Any) -> None:
+        self.handles = [trainer.optimizer.register_step_pre_hook(self._save),
+                        trainer.optimizer.register_step_post_hook(self._restore)]
+
+    def on_train_end(self, trainer: Any) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _save(self, *_: Any) -> None:
+        self.saved = {n: lin.weight.detach().clone() for n, lin in self.agent.masked_linears().items()}
+
+    @torch.no_grad()
+    def _restore(self, *_: Any) -> None:
+        task = self.agent.last_task
+        present = torch.zeros(len(self.agent.spec.task_names), dtype=torch.bool, device=task.device)
+        present[task] = True
+        for name, lin in self.agent.masked_linears().items():
+            trained = (lin.masks & present[:, None, None]).any(dim=0)
+            lin.weight.copy_(torch.where(trained, lin.weight, self.saved[name]))
+        self.saved = {}
+
+
+class MaskUpdate(Callback):
+    """The upper level: every ``mask_interval`` steps, prune and regrow every task's masks."""
+
+    def __init__(self, agent: HarmoDTAgent) -> None:
+        self.agent = agent
+        self.every = agent.harmodt.mask_interval
+
+    def _grads(self, batch: Any, route: Route | None) -> dict[str, torch.Tensor]:
+        """Gradient of the task loss w.r.t. every masked weight (None: without the masks)."""
+        linears = self.agent.masked_linears()
+        loss = action_mse(self.agent.forward_batch(batch, route), batch)
+        grads = torch.autograd.grad(loss, [lin.weight for lin in linears.values()])
+        return dict(zip(linears, grads))
+
+    def on_step(self, trainer: Any, step: int) -> None:
+        cfg = self.agent.harmodt
+        count = change_count(step, trainer.cfg.steps, cfg.eta_max)
+        if count == 0:
+            return
+        num_tasks = len(self.agent.spec.task_names)
+        masked: dict[str, list[torch.Tensor]] = {}
+        full: dict[str, list[torch.Tensor]] = {}
+        for task in range(num_tasks):
+            batch = trainer.sampler.sample(task=task).to(trainer.device)
+            for name, grad in self._grads(batch, Route(mask=task)).items():
+                masked.setdefault(name, []).append(grad)
+            for name, grad in self._grads(batch, None).items():
+                full.setdefault(name, []).append(grad)
+        weights = {name: lin.weight for name, lin in self.agent.masked_linears().items()}
+        new = update_task_masks(
+            self.agent.task_masks(), weights,
+            {n: torch.stack(g) for n, g in masked.items()},
+            {n: torch.stack(g) for n, g in full.items()},
+            count, cfg.gamma, cfg.variant,
+        )
+        apply_masks(self.agent.model.transformer, new)

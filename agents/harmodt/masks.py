@@ -1,0 +1,201 @@
+"""The mask math of HarmoDT, as pure tensor functions.
+
+Every task has one binary mask per masked weight (the ``OrlLinear`` weights of the transformer
+blocks). Masks start random with Erdos-Renyi-Kernel densities (``erk_densities``,
+``random_masks``); every ``mask_interval`` steps the upper level prunes the active entries with
+the lowest score and regrows as many inactive entries with the highest agreement between the
+harmony gradient and the task's gradient (``update_task_masks``), so each task's sparsity never
+changes. Masks are dicts ``name -> (num_tasks, *weight_shape)`` bool tensors, with names from
+``Transformer.linears()`` (e.g. ``"blocks.0.attn.qkv"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+
+import torch
+
+from orl.model.transformer import Transformer
+
+VARIANTS = ("R", "M", "F")  # random (fixed masks), magnitude, Fisher
+
+
+def erk_densities(shapes: dict[str, tuple[int, ...]], sparsity: float,
+                  dense: Collection[str] = frozenset()) -> dict[str, float]:
+    """Per-layer densities of the Erdos-Renyi-Kernel rule (RigL, Evci et al. 2020).
+
+    A sparse layer gets density ``eps * sum(shape) / prod(shape)``, with one ``eps`` for all
+    layers chosen so that the active weights total ``(1 - sparsity) * sum(numel)``. Layers named
+    in ``dense`` and 1-D layers have density 1 (and use their share of the budget); a layer whose
+    density would exceed 1 is made dense and ``eps`` recomputed over the rest, one layer (the
+    largest raw density) at a time, as RigL's ``sparse_utils.get_sparsities`` does.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"harmodt.sparsity must be in [0, 1), got {sparsity}")
+    unknown = set(dense) - set(shapes)
+    if unknown:
+        raise ValueError(f"dense names layers that are not in shapes: {sorted(unknown)}")
+    numel = {name: math.prod(shape) for name, shape in shapes.items()}
+    raw = {name: sum(shape) / numel[name] for name, shape in shapes.items()}
+    dense_layers = set(dense) | {name for name, shape in shapes.items() if len(shape) <= 1}
+    while True:
+        sparse = [name for name in shapes if name not in dense_layers]
+        if not sparse:
+            break
+        # Active weights left for the sparse layers once the dense ones take all of theirs.
+        budget = (1.0 - sparsity) * sum(numel.values()) - sum(numel[n] for n in dense_layers)
+        if budget <= 0:
+            raise ValueError(
+                f"harmodt.sparsity={sparsity} leaves no weights for the sparse layers: the dense "
+                f"layers {sorted(dense_layers)} alone exceed the budget"
+            )
+        eps = budget / sum(raw[n] * numel[n] for n in sparse)
+        max_raw = max(raw[n] for n in sparse)
+        if max_raw * eps <= 1.0:
+            break
+        dense_layers |= {n for n in sparse if raw[n] == max_raw}
+    return {name: 1.0 if name in dense_layers else raw[name] * eps for name in shapes}
+
+
+def random_masks(shapes: dict[str, tuple[int, ...]], densities: dict[str, float], num_tasks: int,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Per layer a (num_tasks, *shape) bool mask; each task keeps exactly
+    ``round(density * numel)`` entries, drawn uniformly and independently per task."""
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+    missing = set(shapes) - set(densities)
+    if missing:
+        raise ValueError(f"no density for layers {sorted(missing)}")
+    masks = {}
+    for name, shape in shapes.items():
+        numel = math.prod(shape)
+        keep = round(densities[name] * numel)
+        if not 0 <= keep <= numel:
+            raise ValueError(f"density of {name!r} must be in [0, 1], got {densities[name]}")
+        chosen = torch.rand(num_tasks, numel, generator=generator).topk(keep, dim=1).indices
+        flat = torch.zeros(num_tasks, numel, dtype=torch.bool).scatter_(1, chosen, True)
+        masks[name] = flat.view(num_tasks, *shape)
+    return masks
+
+
+def change_count(step: int, total_steps: int, eta_max: int) -> int:
+    """Entries to change per task and layer at ``step``: a raised-cosine bump,
+
+    ``round(eta_max * 0.5 * (1 - cos(2 * pi * step / total_steps)))``:
+    0 at step 0, ``eta_max`` at ``total_steps / 2``, 0 again at ``total_steps``.
+    """
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+    return round(eta_max * 0.5 * (1.0 - math.cos(2.0 * math.pi * step / total_steps)))
+
+
+def prune_scores(weight: torch.Tensor, grad_task: torch.Tensor, harmony: torch.Tensor,
+                 gamma: float, variant: str) -> torch.Tensor:
+    """Importance of each entry for one task (the lowest active ones are pruned).
+
+    ``"F"`` (Fisher): ``gamma * h * g + g**2``; ``"M"`` (magnitude): ``gamma * h * g + |w|``,
+    with ``g`` the task's masked gradient and ``h`` the harmony gradient.
+    """
+    agreement = gamma * harmony * grad_task
+    if variant == "F":
+        return agreement + grad_task**2
+    if variant == "M":
+        return agreement + weight.abs()
+    if variant == "R":
+        raise ValueError("harmodt.variant='R' keeps its random masks fixed: it has no prune score")
+    raise ValueError(f"harmodt.variant must be one of {list(VARIANTS)}, got {variant!r}")
+
+
+def update_mask(mask: torch.Tensor, prune_score: torch.Tensor, regrow_score: torch.Tensor,
+                count: int) -> torch.Tensor:
+    """One task's mask of one layer after pruning and regrowing ``count`` entries.
+
+    Switches off the ``count`` active entries with the lowest ``prune_score`` and switches on the
+    ``count`` entries that were inactive before this call with the highest ``regrow_score``;
+    ``count`` is clipped to the number of active and of inactive entries, so the number of active
+    entries never changes. Equal scores are broken by flat index, lowest index first (a stable
+    sort). Returns a new mask.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if prune_score.shape != mask.shape or regrow_score.shape != mask.shape:
+        raise ValueError(
+            f"scores must have the mask's shape {tuple(mask.shape)}, got "
+            f"{tuple(prune_score.shape)} and {tuple(regrow_score.shape)}"
+        )
+    flat = mask.flatten()
+    active = flat.nonzero().squeeze(1)  # ascending flat indices
+    inactive = (~flat).nonzero().squeeze(1)
+    count = min(count, active.numel(), inactive.numel())
+    if count == 0:
+        return mask.clone()
+    off = active[torch.sort(prune_score.flatten()[active], stable=True).indices[:count]]
+    on = inactive[torch.sort(regrow_score.flatten()[inactive], descending=True,
+                             stable=True).indices[:count]]
+    new = flat.clone()
+    new[off] = False
+    new[on] = True
+    return new.view_as(mask)
+
+
+@torch.no_grad()
+def update_task_masks(masks: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
+                      masked_grads: dict[str, torch.Tensor], full_grads: dict[str, torch.Tensor],
+                      count: int, gamma: float, variant: str) -> dict[str, torch.Tensor]:
+    """The upper-level step: new (num_tasks, ...) masks for every layer of ``masks``.
+
+    Per layer the harmony gradient is ``h = mean_i g_i`` over the tasks' masked gradients
+    ``g_i``; task ``i`` prunes by ``prune_scores(w, g_i, h, gamma, variant)`` and regrows by
+    ``h * G_i``, with ``G_i`` its gradient without the mask (``g_i`` is zero at every inactive
+    entry). Variant ``"R"`` returns the masks unchanged. The inputs are not modified.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"harmodt.variant must be one of {list(VARIANTS)}, got {variant!r}")
+    if variant == "R":
+        return {name: mask.clone() for name, mask in masks.items()}
+    new_masks = {}
+    for name, mask in masks.items():
+        weight, grads, full = weights[name].detach(), masked_grads[name], full_grads[name]
+        harmony = grads.mean(dim=0)
+        new_masks[name] = torch.stack([
+            update_mask(mask[i], prune_scores(weight, grads[i], harmony, gamma, variant),
+                        harmony * full[i], count)
+            for i in range(mask.shape[0])
+        ])
+    return new_masks
+
+
+def merged_mask(masks: torch.Tensor, merge_thres: int) -> torch.Tensor:
+    """One mask from (num_tasks, ...) task masks: an entry is kept where at least
+    ``merge_thres`` of the tasks keep it."""
+    num_tasks = masks.shape[0]
+    if not 1 <= merge_thres <= num_tasks:
+        raise ValueError(f"harmodt.merge_thres must be in [1, {num_tasks}] (the number of tasks), "
+                         f"got {merge_thres}")
+    return masks.sum(dim=0) >= merge_thres
+
+
+def mask_shapes(transformer: Transformer) -> dict[str, tuple[int, ...]]:
+    """The weight shape of every ``OrlLinear`` of the blocks, by name."""
+    return {name: tuple(linear.weight.shape) for name, linear in transformer.linears()}
+
+
+def apply_masks(transformer: Transformer, masks: dict[str, torch.Tensor]) -> None:
+    """Attach ``masks[name]`` ((num_tasks, out, in) bool) to each named ``OrlLinear``.
+
+    Checks every entry first and raises one ValueError listing all unknown names and wrong
+    shapes; layers not named keep what they had.
+    """
+    linears = dict(transformer.linears())
+    problems = []
+    for name, mask in masks.items():
+        if name not in linears:
+            problems.append(f"unknown layer {name!r} (known: {sorted(linears)})")
+        elif mask.dim() != 3 or mask.shape[1:] != linears[name].weight.shape:
+            problems.append(f"{name!r}: mask shape {tuple(mask.shape)}, expected "
+                            f"(num_tasks, {', '.join(map(str, linears[name].weight.shape))})")
+    if problems:
+        raise ValueError("cannot apply HarmoDT masks: " + "; ".join(problems))
+    for name, mask in masks.items():
+        linears[name].set_masks(mask)

@@ -1,0 +1,160 @@
+"""HarmoDT wired into the one Trainer: masked inner level, mask updates, checkpoints."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from orl.agents import DataSpec, build_agent
+from orl.api import load_trained_agent
+from orl.cli import train_agent_main
+from orl.config import ConfigError, load_config
+from orl.config.experiment import AgentConfig, ExperimentConfig, ModelConfig
+from orl.datasets.sampler import SamplerConfig, SegmentSampler
+from orl.datasets.store import TrajectoryStore
+from orl.train import Callback, TrainConfig, Trainer
+
+
+def two_task_store(seed=0, length=12, episodes=3):
+    rng = np.random.default_rng(seed)
+    n = 2 * episodes * length
+    obs = rng.normal(size=(n, 4))
+    return TrajectoryStore(
+        observations=obs, actions=np.tanh(obs[:, :2]), rewards=rng.uniform(0, 1, n),
+        terminals=np.zeros(n, bool), timeouts=np.zeros(n, bool),
+        episode_starts=np.arange(2 * episodes + 1) * length,
+        episode_task=np.repeat([0, 1], episodes), task_names=["a", "b"],
+    )
+
+
+def harmodt(variant="F", mask_interval=5, prompt_len=2):
+    store = two_task_store()
+    sampler_cfg = SamplerConfig(context_len=4, batch_size=8, task_mode="round_robin",
+                                prompt_len=prompt_len)
+    sampler = SegmentSampler(store, sampler_cfg, seed=0)
+    spec = DataSpec(4, 2, store.task_names, 1.0, [5.0, 5.0])
+    agent_cfg = AgentConfig(name="harmodt")
+    agent_cfg.harmodt.variant, agent_cfg.harmodt.mask_interval = variant, mask_interval
+    agent_cfg.harmodt.eta_max = 50
+    torch.manual_seed(0)
+    agent = build_agent(agent_cfg, ModelConfig(embed_dim=16, n_layer=1, n_head=2, max_timestep=20),
+                        sampler_cfg, spec, *sampler.state_stats,
+                        sampler.best_prompts() if prompt_len else None)
+    return agent, sampler
+
+
+class CheckMaskedOutUnchanged(Callback):
+    """Snapshots weights and masks just before every optimizer step; after it, checks that
+    no weight outside the trained task's mask moved."""
+
+    every = 1
+
+    def __init__(self, agent):
+        self.agent, self.checked = agent, 0
+
+    def on_train_start(self, trainer):
+        trainer.optimizer.register_step_pre_hook(self.snapshot)
+
+    def snapshot(self, *_):
+        task = int(self.agent.last_task[0])
+        self.before = {n: (lin.weight.detach().clone(), lin.masks[task].clone())
+                       for n, lin in self.agent.masked_linears().items()}
+
+    def on_step(self, trainer, step):
+        for name, lin in self.agent.masked_linears().items():
+            weight, mask = self.before[name]
+            assert torch.equal(lin.weight[~mask], weight[~mask]), name
+            assert not torch.equal(lin.weight[mask], weight[mask]), name  # inside: trained
+        self.checked += 1
+
+
+def test_weights_outside_the_task_mask_never_move(tmp_path):
+    agent, sampler = harmodt(variant="F", mask_interval=4)
+    check = CheckMaskedOutUnchanged(agent)
+    cfg = TrainConfig(steps=12, lr=1e-2, weight_decay=0.1, warmup_steps=1, log_every=4,
+                      checkpoint_every=0)
+    Trainer(agent, sampler, cfg, tmp_path, callbacks=[check]).fit()
+    assert check.checked == 12
+
+
+def test_mask_updates_keep_sparsity_and_change_masks(tmp_path):
+    agent, sampler = harmodt(variant="F", mask_interval=3)
+    before = {n: m.clone() for n, m in agent.task_masks().items()}
+    cfg = TrainConfig(steps=9, lr=1e-2, warmup_steps=1, log_every=3, checkpoint_every=0)
+    Trainer(agent, sampler, cfg, tmp_path).fit()
+    after = agent.task_masks()
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    for name in before:
+        torch.testing.assert_close(after[name].sum(dim=(1, 2)), before[name].sum(dim=(1, 2)))
+
+
+def test_variant_r_keeps_its_random_masks(tmp_path):
+    agent, sampler = harmodt(variant="R", mask_interval=2)
+    before = {n: m.clone() for n, m in agent.task_masks().items()}
+    Trainer(agent, sampler, TrainConfig(steps=6, warmup_steps=1, log_every=3, checkpoint_every=0),
+            tmp_path).fit()
+    assert all(torch.equal(before[n], m) for n, m in agent.task_masks().items())
+    assert len(agent.callbacks()) == 1
+
+
+def test_masks_differ_between_tasks_and_follow_erk():
+    agent, _ = harmodt()
+    masks = agent.task_masks()
+    total = sum(m[0].numel() for m in masks.values())
+    active = sum(int(m[0].sum()) for m in masks.values())
+    assert abs(active / total - 0.8) < 0.01
+    assert any(not torch.equal(m[0], m[1]) for m in masks.values())
+
+
+def write_task(path, seed):
+    rng = np.random.default_rng(seed)
+    n = 40
+    with h5py.File(path, "w") as f:
+        obs = rng.normal(size=(n, 3))
+        f["observations"], f["actions"] = obs, np.tanh(obs[:, :1])
+        f["rewards"], f["terminals"] = rng.normal(size=n), np.zeros(n, bool)
+        f["timeouts"] = np.arange(n) % 10 == 9
+
+
+def test_harmodt_end_to_end_through_train_agent(tmp_path):
+    write_task(tmp_path / "task-a.hdf5", 0)
+    write_task(tmp_path / "task-b.hdf5", 1)
+    args = [
+        f"data.datasets=[{tmp_path / 'task-a.hdf5'},{tmp_path / 'task-b.hdf5'}]",
+        "agent.name=harmodt", "agent.harmodt.mask_interval=3", "agent.harmodt.eta_max=20",
+        "model.embed_dim=16", "model.n_layer=1", "model.n_head=1", "sampler.context_len=4",
+        "sampler.batch_size=4", "sampler.task_mode=round_robin", "sampler.prompt_len=2",
+        "train.steps=6", "train.log_every=3", "train.checkpoint_every=3", "train.warmup_steps=1",
+        "run.logger=csv", f"run.out_dir={tmp_path}", "run.name=h",
+    ]
+    assert train_agent_main(args) == 0
+    assert train_agent_main(["--resume", str(tmp_path / "h"), "train.steps=9"]) == 0
+    agent = load_trained_agent(tmp_path / "h", device="cpu")
+    assert agent.spec.task_names == ["task-a", "task-b"]
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "h" / "checkpoints" / "final" / "model.safetensors")
+    for name, mask in agent.task_masks().items():
+        assert torch.equal(mask, saved[f"model.transformer.{name}.masks"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("agent.harmodt.variant=X", "agent.harmodt.variant"),
+     ("agent.harmodt.sparsity=1.0", "agent.harmodt.sparsity"),
+     ("agent.harmodt.mask_interval=0", "agent.harmodt.mask_interval")],
+)
+def test_bad_harmodt_config(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(ExperimentConfig, None, ["agent.name=harmodt", override])
+
+
+def test_harmodt_needs_two_tasks():
+    store = two_task_store()
+    one = store.select_episodes(store.task_episodes(0))
+    one.task_names = ["a"]
+    sampler = SegmentSampler(one, SamplerConfig(context_len=4), seed=0)
+    with pytest.raises(ValueError, match="two tasks"):
+        build_agent(AgentConfig(name="harmodt"), ModelConfig(embed_dim=16, n_layer=1, n_head=1),
+                    SamplerConfig(context_len=4), DataSpec(4, 2, ["a"], 1.0, [1.0]),
+                    *sampler.state_stats)

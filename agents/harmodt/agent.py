@@ -109,11 +109,9 @@ class KeepMaskedOutWeights(Callback):
 
     @torch.no_grad()
     def _restore(self, *_: Any) -> None:
-        task = self.agent.last_task
-        present = torch.zeros(len(self.agent.spec.task_names), dtype=torch.bool, device=task.device)
-        present[task] = True
+        tasks = torch.unique(self.agent.last_task)  # one task under round robin
         for name, lin in self.agent.masked_linears().items():
-            trained = (lin.masks & present[:, None, None]).any(dim=0)
+            trained = lin.masks[tasks].any(dim=0)
             lin.weight.copy_(torch.where(trained, lin.weight, self.saved[name]))
         self.saved = {}
 

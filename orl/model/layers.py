@@ -135,8 +135,11 @@ class OrlLinear(nn.Module):
 
     def _mixed_mask_linear(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Each sample through its own mask: one matmul per distinct mask in the batch."""
+        distinct = torch.unique(mask).tolist()
+        if len(distinct) == 1:  # a single-task batch (HarmoDT's round robin): no gathers
+            return F.linear(x, self.masked_weight(distinct[0]), self.bias)
         y = x.new_empty(*x.shape[:-1], self.out_features)
-        for m in torch.unique(mask).tolist():
+        for m in distinct:
             rows = mask == m
             y[rows] = F.linear(x[rows], self.masked_weight(m), self.bias)
         return y

@@ -83,8 +83,17 @@ class DTAgent(Agent):
         loss = action_mse(self.forward_batch(batch, self.route(batch.task)), batch)
         return loss, {"action_mse": loss.detach()}
 
-    def policy(self, target_returns: list[float] | None = None, device: str | None = None) -> Any:
-        """Batched evaluation policy (``orl.eval.Policy``)."""
+    def policy(self, target_returns: list[float] | None = None, device: str | None = None,
+               task_agnostic: bool = False) -> Any:
+        """Batched evaluation policy (``orl.eval.Policy``); ``task_agnostic`` only where the
+        agent has a task-agnostic mode (HarmoDT's merged model)."""
+        if task_agnostic:
+            raise ValueError(f"{type(self).__name__} has no task-agnostic mode "
+                             "(eval.task_agnostic needs agent.name=harmodt)")
+        return self._policy(target_returns, device, self.route)
+
+    def _policy(self, target_returns: list[float] | None, device: str | None,
+                route_fn: Any) -> Any:
         from orl.agents.policy import DTPolicy
 
         return DTPolicy(
@@ -98,7 +107,7 @@ class DTAgent(Agent):
             device=device,
             prompt=self.prompts(),
             use_task_embedding=self.uses_task_id,
-            route_fn=self.route,
+            route_fn=route_fn,
         )
 
 

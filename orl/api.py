@@ -57,11 +57,13 @@ def load_trained_agent(path: str | Path, device: str | None = None) -> Any:
     return agent.to(device).eval()
 
 
-def load_agent(path: str | Path, device: str | None = None, with_tasks: bool = False) -> Any:
+def load_agent(path: str | Path, device: str | None = None, with_tasks: bool = False,
+               task_agnostic: bool = False) -> Any:
     """A ready evaluation policy from a checkpoint or run dir (``orl.evaluate`` accepts it).
 
-    With ``with_tasks`` also the names of the tasks it was trained on.
+    With ``with_tasks`` also the names of the tasks it was trained on; ``task_agnostic`` for
+    agents that have such a mode (HarmoDT's merged model).
     """
     agent = load_trained_agent(path, device)
-    policy = agent.policy()
+    policy = agent.policy(task_agnostic=task_agnostic)
     return (policy, list(agent.spec.task_names)) if with_tasks else policy

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--vector", choices=["sync", "async"], default="sync")
     ev.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     ev.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    ev.add_argument("--task-agnostic", action="store_true",
+                    help="HarmoDT: act with the merged mask instead of each task's mask")
     ev.set_defaults(func=_cmd_eval)
     return parser
 
@@ -115,7 +117,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from orl.api import load_agent
     from orl.eval.evaluate import evaluate
 
-    policy, tasks = load_agent(args.checkpoint, device=args.device, with_tasks=True)
+    policy, tasks = load_agent(args.checkpoint, device=args.device, with_tasks=True,
+                               task_agnostic=args.task_agnostic)
     result = evaluate(policy, args.tasks or tasks, episodes=args.episodes,
                       num_envs=args.num_envs, seed=args.seed, vector=args.vector)
     result.print()

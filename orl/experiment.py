@@ -107,7 +107,8 @@ def make_evaluator(cfg: ExperimentConfig, tasks: list[str]):
     from orl.eval.evaluate import evaluate
 
     def evaluator(agent: Any, step: int) -> dict[str, float]:
-        result = evaluate(agent.policy(), tasks, episodes=cfg.eval.episodes,
+        policy = agent.policy(task_agnostic=cfg.eval.task_agnostic)
+        result = evaluate(policy, tasks, episodes=cfg.eval.episodes,
                           num_envs=cfg.eval.num_envs, seed=cfg.run.seed, vector=cfg.eval.vector,
                           max_steps=cfg.eval.max_steps, progress=False)
         evaluator.last = result

@@ -24,6 +24,7 @@ from orl.agents.harmodt.masks import (
     change_count,
     erk_densities,
     mask_shapes,
+    merged_mask,
     random_masks,
     update_task_masks,
 )
@@ -41,6 +42,8 @@ class HarmoDTConfig:
     mask_interval: int = 500  # steps between mask updates
     eta_max: int = 100  # entries changed per task and layer at the middle of training
     gamma: float = 10.0  # weight of the harmony agreement in the prune score
+    merge_thres: int = 0  # task-agnostic model: keep weights active in >= this many task
+    #                       masks (0: half the tasks, rounded up)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -51,10 +54,17 @@ class HarmoDTConfig:
             raise ValueError(f"agent.harmodt.mask_interval must be > 0, got {self.mask_interval}")
         if self.eta_max < 0:
             raise ValueError(f"agent.harmodt.eta_max must be >= 0, got {self.eta_max}")
+        if self.merge_thres < 0:
+            raise ValueError(f"agent.harmodt.merge_thres must be >= 0, got {self.merge_thres}")
 
 
 class HarmoDTAgent(DTAgent):
-    """A DT with per-task ERK masks on every ``OrlLinear`` of its blocks."""
+    """A DT with per-task ERK masks on every ``OrlLinear`` of its blocks.
+
+    Each layer holds ``num_tasks + 1`` masks: one per task, then the merged mask of the
+    task-agnostic model (weights kept by at least ``merge_thres`` tasks), refreshed whenever
+    the task masks change.
+    """
 
     def __init__(self, model_cfg: DTConfig, spec: DataSpec, state_mean: np.ndarray,
                  state_std: np.ndarray, prompts: dict[str, torch.Tensor] | None,
@@ -63,17 +73,40 @@ class HarmoDTAgent(DTAgent):
         self.harmodt = cfg
         shapes = mask_shapes(self.model.transformer)
         densities = erk_densities(shapes, cfg.sparsity)
-        masks = random_masks(shapes, densities, len(spec.task_names),
-                             generator or torch.Generator().manual_seed(0))
-        apply_masks(self.model.transformer, masks)
+        num_tasks = len(spec.task_names)
+        self.merge_thres = cfg.merge_thres or -(-num_tasks // 2)
+        if self.merge_thres > num_tasks:
+            raise ValueError(f"agent.harmodt.merge_thres={cfg.merge_thres} exceeds the number of "
+                             f"tasks ({num_tasks})")
+        self.set_task_masks(random_masks(shapes, densities, num_tasks,
+                                         generator or torch.Generator().manual_seed(0)))
         self.last_task: torch.Tensor | None = None  # tasks of the batch being trained on
 
     def masked_linears(self) -> dict[str, OrlLinear]:
         return dict(self.model.transformer.linears())
 
+    @property
+    def merged_index(self) -> int:
+        """Mask index of the task-agnostic (merged) model."""
+        return len(self.spec.task_names)
+
     def task_masks(self) -> dict[str, torch.Tensor]:
-        """name -> (num_tasks, out, in) bool masks (the live buffers)."""
-        return {name: lin.masks for name, lin in self.masked_linears().items()}
+        """name -> (num_tasks, out, in) bool masks (views of the live buffers)."""
+        return {name: lin.masks[: self.merged_index] for name, lin in self.masked_linears().items()}
+
+    def set_task_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Install new task masks and recompute the merged one."""
+        apply_masks(self.model.transformer, {
+            name: torch.cat([m, merged_mask(m, self.merge_thres)[None]]) for name, m in masks.items()
+        })
+
+    def policy(self, target_returns: list[float] | None = None, device: str | None = None,
+               task_agnostic: bool = False) -> Any:
+        """Task provided: each env's task mask. ``task_agnostic``: the merged mask for every env
+        (the env's task still picks its prompt and state statistics, as data of the task)."""
+        merged = self.merged_index
+        route_fn = (lambda task: Route(mask=merged)) if task_agnostic else self.route
+        return self._policy(target_returns, device, route_fn)
 
     def route(self, task: torch.Tensor) -> Route:
         return Route(mask=task)
@@ -151,4 +184,4 @@ class MaskUpdate(Callback):
             {n: torch.stack(g) for n, g in full.items()},
             count, cfg.gamma, cfg.variant,
         )
-        apply_masks(self.agent.model.transformer, new)
+        self.agent.set_task_masks(new)

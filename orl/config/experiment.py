@@ -65,6 +65,7 @@ class EvalConfig:
     vector: str = "sync"
     target_return: float | None = None  # raw units; None: each task's best dataset return
     max_steps: int | None = None  # cap on episode length (None: the env's own limit)
+    task_agnostic: bool = False  # harmodt: act with the merged mask, no task id
 
     def __post_init__(self) -> None:
         if self.episodes <= 0 or self.num_envs <= 0:

@@ -106,6 +106,34 @@ def test_masks_differ_between_tasks_and_follow_erk():
     assert any(not torch.equal(m[0], m[1]) for m in masks.values())
 
 
+def test_merged_mask_follows_the_task_masks(tmp_path):
+    agent, sampler = harmodt(variant="F", mask_interval=3)
+    Trainer(agent, sampler, TrainConfig(steps=6, warmup_steps=1, log_every=3, checkpoint_every=0),
+            tmp_path).fit()
+    assert agent.merge_thres == 1  # half of 2 tasks, rounded up
+    for lin in agent.masked_linears().values():
+        assert lin.masks.shape[0] == 3
+        assert torch.equal(lin.masks[2], lin.masks[0] | lin.masks[1])  # kept by >= 1 task
+
+
+def test_task_agnostic_policy_acts_with_the_merged_mask():
+    agent, _ = harmodt()
+    agent.eval()
+    obs, reward = np.zeros((2, 4), np.float32), np.zeros(2, np.float32)
+    actions = {}
+    for agnostic in (False, True):
+        policy = agent.policy(task_agnostic=agnostic)
+        policy.reset(2, tasks=["a", "b"])
+        actions[agnostic] = policy.act(obs, reward)
+    with torch.no_grad():
+        for lin in agent.masked_linears().values():  # task masks := merged mask
+            lin.masks[:2] = lin.masks[2]
+    policy = agent.policy()
+    policy.reset(2, tasks=["a", "b"])
+    np.testing.assert_allclose(policy.act(obs, reward), actions[True], atol=1e-6)
+    assert not np.allclose(actions[False], actions[True])
+
+
 def write_task(path, seed):
     rng = np.random.default_rng(seed)
     n = 40
@@ -134,19 +162,41 @@ def test_harmodt_end_to_end_through_train_agent(tmp_path):
     from safetensors.torch import load_file
 
     saved = load_file(tmp_path / "h" / "checkpoints" / "final" / "model.safetensors")
-    for name, mask in agent.task_masks().items():
-        assert torch.equal(mask, saved[f"model.transformer.{name}.masks"])
+    for name, lin in agent.masked_linears().items():
+        assert torch.equal(lin.masks, saved[f"model.transformer.{name}.masks"])
 
 
 @pytest.mark.parametrize(
     "override, key",
     [("agent.harmodt.variant=X", "agent.harmodt.variant"),
      ("agent.harmodt.sparsity=1.0", "agent.harmodt.sparsity"),
-     ("agent.harmodt.mask_interval=0", "agent.harmodt.mask_interval")],
+     ("agent.harmodt.mask_interval=0", "agent.harmodt.mask_interval"),
+     ("agent.harmodt.merge_thres=-1", "agent.harmodt.merge_thres")],
 )
 def test_bad_harmodt_config(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(ExperimentConfig, None, ["agent.name=harmodt", override])
+
+
+def test_merge_thres_above_the_task_count():
+    store = two_task_store()
+    sampler = SegmentSampler(store, SamplerConfig(context_len=4), seed=0)
+    agent_cfg = AgentConfig(name="harmodt")
+    agent_cfg.harmodt.merge_thres = 3
+    with pytest.raises(ValueError, match="merge_thres=3 exceeds the number of tasks"):
+        build_agent(agent_cfg, ModelConfig(embed_dim=16, n_layer=1, n_head=1),
+                    SamplerConfig(context_len=4), DataSpec(4, 2, ["a", "b"], 1.0, [1.0, 1.0]),
+                    *sampler.state_stats)
+
+
+def test_other_agents_have_no_task_agnostic_mode():
+    store = two_task_store()
+    sampler = SegmentSampler(store, SamplerConfig(context_len=4), seed=0)
+    agent = build_agent(AgentConfig(name="mtdt"), ModelConfig(embed_dim=16, n_layer=1, n_head=1),
+                        SamplerConfig(context_len=4), DataSpec(4, 2, ["a", "b"], 1.0, [1.0, 1.0]),
+                        *sampler.state_stats)
+    with pytest.raises(ValueError, match="no task-agnostic mode"):
+        agent.policy(task_agnostic=True)
 
 
 def test_harmodt_needs_two_tasks():

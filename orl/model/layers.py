@@ -43,6 +43,7 @@ class OrlLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.register_buffer("masks", None)
+        self._packed_masks: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (masks, version, packed)
         self.lora_a: nn.Parameter | None = None
         self.lora_b: nn.Parameter | None = None
         self.lora_scale = 1.0
@@ -67,6 +68,19 @@ class OrlLinear(nn.Module):
                 )
             masks = masks.to(device=self.weight.device, dtype=torch.bool)
         self.masks = masks
+        self._packed_masks = None
+
+    def packed_masks(self) -> torch.Tensor:
+        """``masks`` bit-packed for :func:`orl.kernels.masked_linear`, cached on the layer.
+
+        Re-packed when ``masks`` is replaced (``set_masks``, pruning, ``.to()``) or edited in place.
+        """
+        cached = self._packed_masks
+        if cached is None or cached[0] is not self.masks or cached[1] != self.masks._version:
+            from orl.kernels import pack_masks
+
+            self._packed_masks = (self.masks, self.masks._version, pack_masks(self.masks))
+        return self._packed_masks[2]
 
     def masked_weight(self, mask: int) -> torch.Tensor:
         """The dense weight times mask ``mask``."""
@@ -134,10 +148,18 @@ class OrlLinear(nn.Module):
         return y
 
     def _mixed_mask_linear(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Each sample through its own mask: one matmul per distinct mask in the batch."""
+        """Each sample through its own mask: one matmul per distinct mask in the batch.
+
+        On CUDA the mixed batch goes through one fused kernel (``orl.kernels.masked_linear``) on
+        the bit-packed masks instead; on CPU the per-mask loop below is the reference.
+        """
         distinct = torch.unique(mask).tolist()
         if len(distinct) == 1:  # a single-task batch (HarmoDT's round robin): no gathers
             return F.linear(x, self.masked_weight(distinct[0]), self.bias)
+        if x.is_cuda:
+            from orl.kernels import masked_linear
+
+            return masked_linear(x, self.weight, self.bias, self.packed_masks(), mask)
         y = x.new_empty(*x.shape[:-1], self.out_features)
         for m in distinct:
             rows = mask == m

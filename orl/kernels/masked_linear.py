@@ -29,7 +29,6 @@ import functools
 
 import torch
 
-
 WORD_BITS = 32
 BLOCK_M, BLOCK_N, BLOCK_K = 16, 32, 32
 

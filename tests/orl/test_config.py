@@ -31,6 +31,7 @@ def test_yaml_then_overrides(tmp_path):
 
 def test_int_accepted_for_float_but_not_the_reverse():
     assert from_dict(Inner, {"lr": 1}).lr == 1.0
+    assert load_config(Outer, None, ["inner.lr=1e-3"]).inner.lr == 1e-3  # YAML 1.1: a string
     with pytest.raises(ConfigError, match=r"inner\.steps: expected int, got 1\.5"):
         from_dict(Inner, {"steps": 1.5}, "inner")
     with pytest.raises(ConfigError, match="expected bool"):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from orl.agents.dt import DataSpec, DTAgent, action_mse
+from orl.agents.harmodt.groups import cluster_tasks, gradient_similarity
 from orl.agents.harmodt.masks import (
     VARIANTS,
     apply_masks,
@@ -44,6 +45,8 @@ class HarmoDTConfig:
     gamma: float = 10.0  # weight of the harmony agreement in the prune score
     merge_thres: int = 0  # task-agnostic model: keep weights active in >= this many task
     #                       masks (0: half the tasks, rounded up)
+    num_groups: int = 0  # G-HarmoDT: > 0 clusters the tasks into this many groups by gradient
+    #                      similarity at the first mask update; a group shares one mask
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -56,6 +59,11 @@ class HarmoDTConfig:
             raise ValueError(f"agent.harmodt.eta_max must be >= 0, got {self.eta_max}")
         if self.merge_thres < 0:
             raise ValueError(f"agent.harmodt.merge_thres must be >= 0, got {self.merge_thres}")
+        if self.num_groups < 0:
+            raise ValueError(f"agent.harmodt.num_groups must be >= 0, got {self.num_groups}")
+        if self.num_groups and self.variant == "R":
+            raise ValueError("agent.harmodt.num_groups > 0 (G-HarmoDT) learns group masks: "
+                             "use variant M or F")
 
 
 class HarmoDTAgent(DTAgent):
@@ -78,8 +86,14 @@ class HarmoDTAgent(DTAgent):
         if self.merge_thres > num_tasks:
             raise ValueError(f"agent.harmodt.merge_thres={cfg.merge_thres} exceeds the number of "
                              f"tasks ({num_tasks})")
+        if cfg.num_groups > num_tasks:
+            raise ValueError(f"agent.harmodt.num_groups={cfg.num_groups} exceeds the number of "
+                             f"tasks ({num_tasks})")
         self.set_task_masks(random_masks(shapes, densities, num_tasks,
                                          generator or torch.Generator().manual_seed(0)))
+        # the group of every task (HarmoDT: its own); set once by G-HarmoDT's clustering
+        self.register_buffer("task_group", torch.arange(num_tasks))
+        self.register_buffer("grouped", torch.tensor(False))
         self.last_task: torch.Tensor | None = None  # tasks of the batch being trained on
 
     def masked_linears(self) -> dict[str, OrlLinear]:
@@ -99,6 +113,16 @@ class HarmoDTAgent(DTAgent):
         apply_masks(self.model.transformer, {
             name: torch.cat([m, merged_mask(m, self.merge_thres)[None]]) for name, m in masks.items()
         })
+
+    def assign_groups(self, full_grads: dict[str, torch.Tensor]) -> None:
+        """G-HarmoDT: cluster the tasks by their (T, ...) gradients; each task then takes the
+        mask of its group's first task."""
+        flat = torch.cat([g.flatten(1) for g in full_grads.values()], dim=1)
+        groups = cluster_tasks(gradient_similarity(flat), self.harmodt.num_groups)
+        first = torch.stack([torch.nonzero(groups == g)[0, 0] for g in groups])
+        self.set_task_masks({n: m[first] for n, m in self.task_masks().items()})
+        self.task_group.copy_(groups)
+        self.grouped.fill_(True)
 
     def policy(self, target_returns: list[float] | None = None, device: str | None = None,
                task_agnostic: bool = False) -> Any:
@@ -164,24 +188,37 @@ class MaskUpdate(Callback):
         return dict(zip(linears, grads))
 
     def on_step(self, trainer: Any, step: int) -> None:
-        cfg = self.agent.harmodt
+        agent, cfg = self.agent, self.agent.harmodt
         count = change_count(step, trainer.cfg.steps, cfg.eta_max)
-        if count == 0:
+        needs_groups = cfg.num_groups > 0 and not bool(agent.grouped)
+        if count == 0 and not needs_groups:
             return
-        num_tasks = len(self.agent.spec.task_names)
         masked: dict[str, list[torch.Tensor]] = {}
         full: dict[str, list[torch.Tensor]] = {}
-        for task in range(num_tasks):
+        for task in range(len(agent.spec.task_names)):
             batch = trainer.sampler.sample(task=task).to(trainer.device)
             for name, grad in self._grads(batch, Route(mask=task)).items():
                 masked.setdefault(name, []).append(grad)
             for name, grad in self._grads(batch, None).items():
                 full.setdefault(name, []).append(grad)
-        weights = {name: lin.weight for name, lin in self.agent.masked_linears().items()}
+        task_masked = {n: torch.stack(g) for n, g in masked.items()}
+        task_full = {n: torch.stack(g) for n, g in full.items()}
+        if needs_groups:
+            agent.assign_groups(task_full)
+        # one update per group (HarmoDT: every task is its own group) on its mean gradients
+        groups = agent.task_group
+        size = torch.bincount(groups).to(next(iter(task_full.values())).dtype)
+        first = torch.stack([torch.nonzero(groups == g)[0, 0] for g in range(len(size))])
+
+        def group_mean(grads: torch.Tensor) -> torch.Tensor:
+            total = grads.new_zeros(len(size), *grads.shape[1:]).index_add_(0, groups, grads)
+            return total / size.view(-1, *([1] * (grads.dim() - 1)))
+
+        weights = {name: lin.weight for name, lin in agent.masked_linears().items()}
         new = update_task_masks(
-            self.agent.task_masks(), weights,
-            {n: torch.stack(g) for n, g in masked.items()},
-            {n: torch.stack(g) for n, g in full.items()},
+            {n: m[first] for n, m in agent.task_masks().items()}, weights,
+            {n: group_mean(g) for n, g in task_masked.items()},
+            {n: group_mean(g) for n, g in task_full.items()},
             count, cfg.gamma, cfg.variant,
         )
-        self.agent.set_task_masks(new)
+        agent.set_task_masks({n: m[groups] for n, m in new.items()})

@@ -208,3 +208,54 @@ def test_harmodt_needs_two_tasks():
         build_agent(AgentConfig(name="harmodt"), ModelConfig(embed_dim=16, n_layer=1, n_head=1),
                     SamplerConfig(context_len=4), DataSpec(4, 2, ["a"], 1.0, [1.0]),
                     *sampler.state_stats)
+
+
+def paired_store(length=12, episodes=3):
+    """Four tasks: 0 and 2 hold the same data, so do 1 and 3 (two obvious groups)."""
+    rng = np.random.default_rng(0)
+    n = episodes * length
+    obs_a, obs_b = rng.normal(size=(n, 4)), rng.normal(size=(n, 4)) + 3.0
+    act_a, act_b = np.tanh(obs_a[:, :2]), -np.tanh(obs_b[:, 2:])
+    return TrajectoryStore(
+        observations=np.concatenate([obs_a, obs_b, obs_a, obs_b]),
+        actions=np.concatenate([act_a, act_b, act_a, act_b]),
+        rewards=rng.uniform(0, 1, 4 * n), terminals=np.zeros(4 * n, bool),
+        timeouts=np.zeros(4 * n, bool), episode_starts=np.arange(4 * episodes + 1) * length,
+        episode_task=np.repeat(np.arange(4), episodes), task_names=["a1", "b1", "a2", "b2"],
+    )
+
+
+def test_g_harmodt_groups_tasks_by_gradient_and_shares_group_masks(tmp_path):
+    store = paired_store()
+    sampler_cfg = SamplerConfig(context_len=4, batch_size=16, task_mode="round_robin")
+    sampler = SegmentSampler(store, sampler_cfg, seed=0)
+    agent_cfg = AgentConfig(name="harmodt")
+    agent_cfg.harmodt.num_groups, agent_cfg.harmodt.mask_interval = 2, 4
+    torch.manual_seed(0)
+    agent = build_agent(agent_cfg, ModelConfig(embed_dim=16, n_layer=1, n_head=2, dropout=0.0,
+                                               max_timestep=20),
+                        sampler_cfg, DataSpec(4, 2, store.task_names, 1.0, [1.0] * 4),
+                        *sampler.state_stats)
+    before = {n: m.sum(dim=(1, 2)).clone() for n, m in agent.task_masks().items()}
+    Trainer(agent, sampler, TrainConfig(steps=12, lr=1e-2, warmup_steps=1, log_every=4,
+                                        checkpoint_every=0), tmp_path).fit()
+    assert bool(agent.grouped)
+    assert agent.task_group.tolist() == [0, 1, 0, 1]
+    masks = agent.task_masks()
+    for name, m in masks.items():
+        assert torch.equal(m[0], m[2]) and torch.equal(m[1], m[3])
+        torch.testing.assert_close(m.sum(dim=(1, 2)), before[name])
+    assert any(not torch.equal(m[0], m[1]) for m in masks.values())  # tiny layers may be dense
+
+
+def test_g_harmodt_bad_groups():
+    with pytest.raises(ConfigError, match="variant M or F"):
+        load_config(ExperimentConfig, None, ["agent.harmodt.num_groups=2", "agent.harmodt.variant=R"])
+    store = two_task_store()
+    sampler = SegmentSampler(store, SamplerConfig(context_len=4), seed=0)
+    agent_cfg = AgentConfig(name="harmodt")
+    agent_cfg.harmodt.num_groups = 3
+    with pytest.raises(ValueError, match="num_groups=3 exceeds"):
+        build_agent(agent_cfg, ModelConfig(embed_dim=16, n_layer=1, n_head=1),
+                    SamplerConfig(context_len=4), DataSpec(4, 2, ["a", "b"], 1.0, [1.0, 1.0]),
+                    *sampler.state_stats)

@@ -222,3 +222,19 @@ class MaskUpdate(Callback):
             count, cfg.gamma, cfg.variant,
         )
         agent.set_task_masks({n: m[groups] for n, m in new.items()})
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            _broadcast_masks(agent)  # every rank drew its own batches: rank 0's masks win
+
+
+def _broadcast_masks(agent: HarmoDTAgent) -> None:
+    """Give every DDP rank rank 0's masks and groups (as uint8: not every backend sends bool)."""
+    import torch.distributed as dist
+
+    for lin in agent.masked_linears().values():
+        masks = lin.masks.to(torch.uint8)
+        dist.broadcast(masks, src=0)
+        lin.masks.copy_(masks.bool())
+    dist.broadcast(agent.task_group, src=0)
+    grouped = agent.grouped.to(torch.uint8).view(1)
+    dist.broadcast(grouped, src=0)
+    agent.grouped.fill_(bool(grouped.item()))

@@ -259,3 +259,30 @@ def test_g_harmodt_bad_groups():
         build_agent(agent_cfg, ModelConfig(embed_dim=16, n_layer=1, n_head=1),
                     SamplerConfig(context_len=4), DataSpec(4, 2, ["a", "b"], 1.0, [1.0, 1.0]),
                     *sampler.state_stats)
+
+
+def test_harmodt_under_torchrun_ddp(tmp_path):
+    """2 gloo processes: mask updates on every rank, masks broadcast from rank 0, no hang."""
+    import subprocess
+    import sys
+
+    write_task(tmp_path / "task-a.hdf5", 0)
+    write_task(tmp_path / "task-b.hdf5", 1)
+    args = [
+        f"data.datasets=[{tmp_path / 'task-a.hdf5'},{tmp_path / 'task-b.hdf5'}]",
+        "agent.name=harmodt", "agent.harmodt.mask_interval=2", "agent.harmodt.eta_max=20",
+        "model.embed_dim=16", "model.n_layer=1", "model.n_head=1", "sampler.context_len=4",
+        "sampler.batch_size=4", "sampler.task_mode=round_robin", "train.steps=4",
+        "train.log_every=2", "train.checkpoint_every=2", "train.warmup_steps=1",
+        "run.logger=csv", f"run.out_dir={tmp_path}", "run.name=ddp",
+    ]
+    code = "import sys; from orl.cli import train_agent_main; sys.exit(train_agent_main(sys.argv[1:]))"
+    script = tmp_path / "run.py"
+    script.write_text(code)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), *args],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "ddp" / "checkpoints" / "final" / "model.safetensors").is_file()

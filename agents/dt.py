@@ -92,21 +92,46 @@ class DTAgent(Agent):
                              "(eval.task_agnostic needs agent.name=harmodt)")
         return self._policy(target_returns, device, self.route)
 
-    def _policy(self, target_returns: list[float] | None, device: str | None,
-                route_fn: Any) -> Any:
+    def unseen_policy(self, store: Any, device: str | None = None) -> Any:
+        """A policy for tasks held out of training, known only through a few trajectories
+        (``store``): their prompts (last steps of each task's best episode), state statistics
+        and best returns, and no task id. Needs a prompt-based agent (prompt_dt, harmodt)."""
+        from orl.datasets.sampler import SamplerConfig, SegmentSampler
+
+        if self.model.prompt_embed is None:
+            raise ValueError(f"{type(self).__name__} without a prompt cannot act on unseen tasks "
+                             "(use agent.name=prompt_dt or harmodt with sampler.prompt_len > 0)")
+        cfg = self.model.cfg
+        sampler = SegmentSampler(store, SamplerConfig(context_len=cfg.context_len,
+                                                      prompt_len=cfg.prompt_len), seed=0)
+        returns = store.episode_returns
+        targets = [float(returns[store.episode_task == t].max()) for t in range(store.num_tasks)]
+        mean, std = sampler.state_stats
+        return self._policy(targets, device, self.agnostic_route, task_names=store.task_names,
+                            stats=(mean, std), prompts=sampler.best_prompts())
+
+    def agnostic_route(self, task: torch.Tensor) -> Route | None:
+        """Masks/adapters when the task is not known; plain DTs have none."""
+        return None
+
+    def _policy(self, target_returns: list[float] | None, device: str | None, route_fn: Any,
+                task_names: list[str] | None = None, stats: tuple[Any, Any] | None = None,
+                prompts: dict[str, torch.Tensor] | None = None) -> Any:
         from orl.agents.policy import DTPolicy
 
+        names = task_names or self.spec.task_names
+        mean, std = stats if stats is not None else (self.state_mean, self.state_std)
         return DTPolicy(
             model=self.model,
-            state_mean=self.state_mean,
-            state_std=self.state_std,
+            state_mean=mean,
+            state_std=std,
             target_return=target_returns or self.spec.target_returns,
             rtg_scale=self.spec.rtg_scale,
             # one task: the policy serves any env name (e.g. a D4RL file's eval env)
-            task_names=self.spec.task_names if len(self.spec.task_names) > 1 else None,
+            task_names=names if len(names) > 1 else None,
             device=device,
-            prompt=self.prompts(),
-            use_task_embedding=self.uses_task_id,
+            prompt=prompts if prompts is not None else self.prompts(),
+            use_task_embedding=self.uses_task_id and task_names is None,
             route_fn=route_fn,
         )
 

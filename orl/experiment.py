@@ -29,6 +29,7 @@ class Prepared:
     agent: Any
     sampler: Any
     eval_tasks: list[str]
+    unseen: Any = None  # TrajectoryStore of the few trajectories of each unseen task
 
 
 def seed_everything(seed: int) -> None:
@@ -49,13 +50,44 @@ def dataset_sources(cfg: ExperimentConfig) -> tuple[list[str], list[str]]:
     if cfg.data.datasets:
         return list(cfg.data.datasets), list(cfg.data.eval_tasks)
     tasks = list(dict.fromkeys(resolve_tasks(cfg.data.tasks)))  # repeated tasks load once
-    ids = [metaworld_id(task, cfg.data.level, cfg.data.version) for task in tasks]
+    unseen = unseen_tasks(cfg)
+    ids = [metaworld_id(task, cfg.data.level, cfg.data.version) for task in tasks + unseen]
     if cfg.data.generate_missing:
-        generate(GenerationConfig(tasks=tasks, levels=[cfg.data.level], episodes=cfg.data.episodes,
-                                  seed=cfg.run.seed, version=cfg.data.version), exist_ok=True)
+        generate(GenerationConfig(tasks=tasks + unseen, levels=[cfg.data.level],
+                                  episodes=cfg.data.episodes, seed=cfg.run.seed,
+                                  version=cfg.data.version), exist_ok=True)
     for dataset_id in ids:
         require_dataset(dataset_id)
-    return ids, list(cfg.data.eval_tasks) or tasks
+    return ids[: len(tasks)], list(cfg.data.eval_tasks) or tasks
+
+
+def unseen_tasks(cfg: ExperimentConfig) -> list[str]:
+    """The held-out tasks, checked to be disjoint from the training tasks."""
+    from orl.envs.benchmarks import resolve_tasks
+
+    if not cfg.data.unseen_tasks:
+        return []
+    unseen = list(dict.fromkeys(resolve_tasks(cfg.data.unseen_tasks)))
+    overlap = set(unseen) & set(resolve_tasks(cfg.data.tasks))
+    if overlap:
+        raise ValueError(f"data.unseen_tasks overlap the training tasks: {sorted(overlap)}")
+    if cfg.data.unseen_episodes <= 0:
+        raise ValueError(f"data.unseen_episodes must be > 0, got {cfg.data.unseen_episodes}")
+    return unseen
+
+
+def load_unseen(cfg: ExperimentConfig) -> Any:
+    """The first ``data.unseen_episodes`` trajectories of every unseen task, as one store."""
+    from orl.datasets.loading import load
+    from orl.datasets.registry import metaworld_id
+
+    tasks = unseen_tasks(cfg)
+    if not tasks:
+        return None
+    store = load([metaworld_id(t, cfg.data.level, cfg.data.version) for t in tasks])
+    keep = np.concatenate([store.task_episodes(t)[: cfg.data.unseen_episodes]
+                           for t in range(store.num_tasks)])
+    return store.select_episodes(keep)
 
 
 def check_env_dims(obs_dim: int, act_dim: int, eval_tasks: list[str]) -> None:
@@ -99,22 +131,33 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         np.zeros((store.num_tasks, store.obs_dim)), np.ones((store.num_tasks, store.obs_dim)))
     prompts = sampler.best_prompts() if cfg.sampler.prompt_len > 0 else None
     agent = build_agent(cfg.agent, cfg.model, cfg.sampler, spec, mean, std, prompts)
-    return Prepared(agent=agent, sampler=sampler, eval_tasks=eval_tasks)
+    return Prepared(agent=agent, sampler=sampler, eval_tasks=eval_tasks, unseen=load_unseen(cfg))
 
 
-def make_evaluator(cfg: ExperimentConfig, tasks: list[str]):
-    """``evaluator(agent, step) -> metrics`` for the Trainer; keeps the last result."""
+def make_evaluator(cfg: ExperimentConfig, tasks: list[str], unseen: Any = None):
+    """``evaluator(agent, step) -> metrics`` for the Trainer; keeps the last result.
+
+    With unseen tasks their evaluation is logged under ``eval/unseen/``.
+    """
     from orl.eval.evaluate import evaluate
 
-    def evaluator(agent: Any, step: int) -> dict[str, float]:
-        policy = agent.policy(task_agnostic=cfg.eval.task_agnostic)
-        result = evaluate(policy, tasks, episodes=cfg.eval.episodes,
-                          num_envs=cfg.eval.num_envs, seed=cfg.run.seed, vector=cfg.eval.vector,
-                          max_steps=cfg.eval.max_steps, progress=False)
-        evaluator.last = result
-        return {f"eval/{k}": v for k, v in result.to_dict().items() if v is not None}
+    def run(policy: Any, on: list[str]) -> Any:
+        return evaluate(policy, on, episodes=cfg.eval.episodes, num_envs=cfg.eval.num_envs,
+                        seed=cfg.run.seed, vector=cfg.eval.vector, max_steps=cfg.eval.max_steps,
+                        progress=False)
 
-    evaluator.last = None
+    def evaluator(agent: Any, step: int) -> dict[str, float]:
+        result = run(agent.policy(task_agnostic=cfg.eval.task_agnostic), tasks)
+        evaluator.last = result
+        metrics = {f"eval/{k}": v for k, v in result.to_dict().items() if v is not None}
+        if unseen is not None:
+            unseen_result = run(agent.unseen_policy(unseen), list(unseen.task_names))
+            evaluator.last_unseen = unseen_result
+            metrics |= {f"eval/unseen/{k}": v for k, v in unseen_result.to_dict().items()
+                        if v is not None}
+        return metrics
+
+    evaluator.last = evaluator.last_unseen = None
     return evaluator
 
 
@@ -182,7 +225,8 @@ def train(config_path: Path | None = None, overrides: list[str] = (),
                            resume_id=wandb_id_file.read_text() if wandb_id_file.exists() else None)
         if logger.wandb_id:
             wandb_id_file.write_text(logger.wandb_id)
-    evaluator = make_evaluator(cfg, prepared.eval_tasks) if prepared.eval_tasks else None
+    evaluator = (make_evaluator(cfg, prepared.eval_tasks, prepared.unseen)
+                 if prepared.eval_tasks else None)
     trainer = Trainer(prepared.agent, prepared.sampler, cfg.train, run_dir, logger=logger,
                       evaluator=evaluator, extra_state={"config": to_dict(cfg),
                                                         "data_spec": prepared.agent.spec.to_dict()},
@@ -193,6 +237,9 @@ def train(config_path: Path | None = None, overrides: list[str] = (),
             result = evaluator.last
             result.print()
             write_json(run_dir / "eval_final.json", result.to_dict())
+            if evaluator.last_unseen is not None:
+                evaluator.last_unseen.print()
+                write_json(run_dir / "eval_final_unseen.json", evaluator.last_unseen.to_dict())
             if logger is not None:
                 result.log(logger, trainer.step, prefix="final")
     finally:

@@ -128,9 +128,12 @@ class HarmoDTAgent(DTAgent):
                task_agnostic: bool = False) -> Any:
         """Task provided: each env's task mask. ``task_agnostic``: the merged mask for every env
         (the env's task still picks its prompt and state statistics, as data of the task)."""
-        merged = self.merged_index
-        route_fn = (lambda task: Route(mask=merged)) if task_agnostic else self.route
-        return self._policy(target_returns, device, route_fn)
+        return self._policy(target_returns, device,
+                            self.agnostic_route if task_agnostic else self.route)
+
+    def agnostic_route(self, task: torch.Tensor) -> Route:
+        """The merged (task-agnostic) mask for every sample."""
+        return Route(mask=self.merged_index)
 
     def route(self, task: torch.Tensor) -> Route:
         return Route(mask=task)

@@ -54,6 +54,9 @@ class DataConfig:
     generate_missing: bool = True
     datasets: list[str] = field(default_factory=list)  # Minari ids / D4RL files instead of tasks
     eval_tasks: list[str] = field(default_factory=list)  # gym ids to evaluate on with `datasets`
+    unseen_tasks: list[str] = field(default_factory=list)  # held out of training; evaluated
+    #   from a prompt of a few of their trajectories (prompt_dt, harmodt)
+    unseen_episodes: int = 5  # trajectories of each unseen task the policy may see
 
 
 @dataclass

@@ -286,3 +286,63 @@ def test_harmodt_under_torchrun_ddp(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "ddp" / "checkpoints" / "final" / "model.safetensors").is_file()
+
+
+def test_unseen_policy_uses_the_new_tasks_prompts_stats_and_merged_mask():
+    from orl.agents.policy import DTPolicy
+    from orl.model.layers import Route
+
+    agent, _ = harmodt(prompt_len=2)
+    agent.eval()
+    new = two_task_store(seed=5)
+    new.task_names = ["c", "d"]
+    policy = agent.unseen_policy(new)
+    sampler = SegmentSampler(new, SamplerConfig(context_len=4, prompt_len=2), seed=0)
+    mean, std = sampler.state_stats
+    reference = DTPolicy(agent.model, mean, std, [float(new.episode_returns[:3].max()),
+                                                 float(new.episode_returns[3:].max())],
+                         task_names=["c", "d"], prompt=sampler.best_prompts(),
+                         route_fn=lambda task: Route(mask=agent.merged_index))
+    obs, reward = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32), np.zeros(2)
+    for p in (policy, reference):
+        p.reset(2, tasks=["d", "c"])
+    np.testing.assert_allclose(policy.act(obs, reward), reference.act(obs, reward), atol=1e-6)
+
+
+def test_unseen_policy_needs_a_prompt():
+    store = two_task_store()
+    sampler = SegmentSampler(store, SamplerConfig(context_len=4), seed=0)
+    agent = build_agent(AgentConfig(name="mtdt"), ModelConfig(embed_dim=16, n_layer=1, n_head=1),
+                        SamplerConfig(context_len=4), DataSpec(4, 2, ["a", "b"], 1.0, [1.0, 1.0]),
+                        *sampler.state_stats)
+    with pytest.raises(ValueError, match="cannot act on unseen tasks"):
+        agent.unseen_policy(store)
+
+
+def test_metaworld_harmodt_with_an_unseen_task_through_train_agent(tmp_path):
+    """Generates 3 tiny Meta-World datasets, trains on 2 tasks, evaluates on them and on the
+    held-out one (prompted from its own trajectories, merged mask)."""
+    import json
+
+    args = [
+        "data.tasks=[reach-v3,drawer-close-v3]", "data.unseen_tasks=[button-press-v3]",
+        "data.episodes=2", "data.unseen_episodes=1", "agent.name=harmodt",
+        "agent.harmodt.mask_interval=2", "model.embed_dim=16", "model.n_layer=1",
+        "model.n_head=1", "sampler.context_len=4", "sampler.batch_size=4",
+        "sampler.task_mode=round_robin", "sampler.prompt_len=2", "train.steps=4",
+        "train.log_every=2", "train.warmup_steps=1", "eval.episodes=1", "eval.num_envs=1",
+        "eval.max_steps=5", "run.logger=csv", f"run.out_dir={tmp_path}", "run.name=mw",
+    ]
+    assert train_agent_main(args) == 0
+    unseen = json.loads((tmp_path / "mw" / "eval_final_unseen.json").read_text())
+    assert "return/button-press-v3" in unseen
+    seen = json.loads((tmp_path / "mw" / "eval_final.json").read_text())
+    assert {k for k in seen if k.startswith("return/")} == {"return/reach-v3",
+                                                              "return/drawer-close-v3"}
+
+
+def test_unseen_tasks_must_not_overlap_training(tmp_path, capsys):
+    args = ["data.tasks=[reach-v3]", "data.unseen_tasks=[reach-v3]", "run.logger=csv",
+            f"run.out_dir={tmp_path}"]
+    assert train_agent_main(args) == 2
+    assert "overlap the training tasks" in capsys.readouterr().err

@@ -207,8 +207,12 @@ def train(config_path: Path | None = None, overrides: list[str] = (),
         run_dir = Path(resume)
     else:
         cfg = cfg or load_config(ExperimentConfig, config_path, overrides)
+        if cfg.run.name is None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            raise ValueError("Under torchrun set run.name: every process must use the same run "
+                             "directory (the default name holds a timestamp).")
         run_dir = Path(cfg.run.out_dir) / (cfg.run.name or default_run_name(cfg))
-        if run_dir.exists() and any(run_dir.iterdir()):
+        # rank 0 alone: under torchrun the other ranks would see the dir rank 0 is filling
+        if int(os.environ.get("RANK", 0)) == 0 and run_dir.exists() and any(run_dir.iterdir()):
             raise FileExistsError(
                 f"Run directory {str(run_dir)!r} already exists: resume it with "
                 f"`train-agent --resume {run_dir}` or pick another run.name."

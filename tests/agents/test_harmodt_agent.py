@@ -284,7 +284,7 @@ def test_harmodt_under_torchrun_ddp(tmp_path):
          str(script), *args],
         capture_output=True, text=True, timeout=120,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[:3000]
     assert (tmp_path / "ddp" / "checkpoints" / "final" / "model.safetensors").is_file()
 
 

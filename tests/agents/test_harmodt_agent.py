@@ -144,18 +144,22 @@ def write_task(path, seed):
         f["timeouts"] = np.arange(n) % 10 == 9
 
 
-def test_harmodt_end_to_end_through_train_agent(tmp_path):
+def two_file_args(tmp_path, name, every, steps, *extra):
+    """train-agent arguments for a tiny HarmoDT on two D4RL-format task files."""
     write_task(tmp_path / "task-a.hdf5", 0)
     write_task(tmp_path / "task-b.hdf5", 1)
-    args = [
+    return [
         f"data.datasets=[{tmp_path / 'task-a.hdf5'},{tmp_path / 'task-b.hdf5'}]",
-        "agent.name=harmodt", "agent.harmodt.mask_interval=3", "agent.harmodt.eta_max=20",
+        "agent.name=harmodt", f"agent.harmodt.mask_interval={every}", "agent.harmodt.eta_max=20",
         "model.embed_dim=16", "model.n_layer=1", "model.n_head=1", "sampler.context_len=4",
-        "sampler.batch_size=4", "sampler.task_mode=round_robin", "sampler.prompt_len=2",
-        "train.steps=6", "train.log_every=3", "train.checkpoint_every=3", "train.warmup_steps=1",
-        "run.logger=csv", f"run.out_dir={tmp_path}", "run.name=h",
+        "sampler.batch_size=4", "sampler.task_mode=round_robin", f"train.steps={steps}",
+        f"train.log_every={every}", f"train.checkpoint_every={every}", "train.warmup_steps=1",
+        "run.logger=csv", f"run.out_dir={tmp_path}", f"run.name={name}", *extra,
     ]
-    assert train_agent_main(args) == 0
+
+
+def test_harmodt_end_to_end_through_train_agent(tmp_path):
+    assert train_agent_main(two_file_args(tmp_path, "h", 3, 6, "sampler.prompt_len=2")) == 0
     assert train_agent_main(["--resume", str(tmp_path / "h"), "train.steps=9"]) == 0
     agent = load_trained_agent(tmp_path / "h", device="cpu")
     assert agent.spec.task_names == ["task-a", "task-b"]
@@ -266,16 +270,7 @@ def test_harmodt_under_torchrun_ddp(tmp_path):
     import subprocess
     import sys
 
-    write_task(tmp_path / "task-a.hdf5", 0)
-    write_task(tmp_path / "task-b.hdf5", 1)
-    args = [
-        f"data.datasets=[{tmp_path / 'task-a.hdf5'},{tmp_path / 'task-b.hdf5'}]",
-        "agent.name=harmodt", "agent.harmodt.mask_interval=2", "agent.harmodt.eta_max=20",
-        "model.embed_dim=16", "model.n_layer=1", "model.n_head=1", "sampler.context_len=4",
-        "sampler.batch_size=4", "sampler.task_mode=round_robin", "train.steps=4",
-        "train.log_every=2", "train.checkpoint_every=2", "train.warmup_steps=1",
-        "run.logger=csv", f"run.out_dir={tmp_path}", "run.name=ddp",
-    ]
+    args = two_file_args(tmp_path, "ddp", 2, 4)
     code = "import sys; from orl.cli import train_agent_main; sys.exit(train_agent_main(sys.argv[1:]))"
     script = tmp_path / "run.py"
     script.write_text(code)

@@ -182,23 +182,23 @@ def test_bad_harmodt_config(override, key):
         load_config(ExperimentConfig, None, ["agent.name=harmodt", override])
 
 
+def build_on_two_tasks(agent_cfg):
+    """``build_agent`` for a tiny model on the two-task store (for config errors)."""
+    sampler = SegmentSampler(two_task_store(), SamplerConfig(context_len=4), seed=0)
+    return build_agent(agent_cfg, ModelConfig(embed_dim=16, n_layer=1, n_head=1),
+                       SamplerConfig(context_len=4), DataSpec(4, 2, ["a", "b"], 1.0, [1.0, 1.0]),
+                       *sampler.state_stats)
+
+
 def test_merge_thres_above_the_task_count():
-    store = two_task_store()
-    sampler = SegmentSampler(store, SamplerConfig(context_len=4), seed=0)
     agent_cfg = AgentConfig(name="harmodt")
     agent_cfg.harmodt.merge_thres = 3
     with pytest.raises(ValueError, match="merge_thres=3 exceeds the number of tasks"):
-        build_agent(agent_cfg, ModelConfig(embed_dim=16, n_layer=1, n_head=1),
-                    SamplerConfig(context_len=4), DataSpec(4, 2, ["a", "b"], 1.0, [1.0, 1.0]),
-                    *sampler.state_stats)
+        build_on_two_tasks(agent_cfg)
 
 
 def test_other_agents_have_no_task_agnostic_mode():
-    store = two_task_store()
-    sampler = SegmentSampler(store, SamplerConfig(context_len=4), seed=0)
-    agent = build_agent(AgentConfig(name="mtdt"), ModelConfig(embed_dim=16, n_layer=1, n_head=1),
-                        SamplerConfig(context_len=4), DataSpec(4, 2, ["a", "b"], 1.0, [1.0, 1.0]),
-                        *sampler.state_stats)
+    agent = build_on_two_tasks(AgentConfig(name="mtdt"))
     with pytest.raises(ValueError, match="no task-agnostic mode"):
         agent.policy(task_agnostic=True)
 
@@ -255,14 +255,10 @@ def test_g_harmodt_groups_tasks_by_gradient_and_shares_group_masks(tmp_path):
 def test_g_harmodt_bad_groups():
     with pytest.raises(ConfigError, match="variant M or F"):
         load_config(ExperimentConfig, None, ["agent.harmodt.num_groups=2", "agent.harmodt.variant=R"])
-    store = two_task_store()
-    sampler = SegmentSampler(store, SamplerConfig(context_len=4), seed=0)
     agent_cfg = AgentConfig(name="harmodt")
     agent_cfg.harmodt.num_groups = 3
     with pytest.raises(ValueError, match="num_groups=3 exceeds"):
-        build_agent(agent_cfg, ModelConfig(embed_dim=16, n_layer=1, n_head=1),
-                    SamplerConfig(context_len=4), DataSpec(4, 2, ["a", "b"], 1.0, [1.0, 1.0]),
-                    *sampler.state_stats)
+        build_on_two_tasks(agent_cfg)
 
 
 def test_harmodt_under_torchrun_ddp(tmp_path):
@@ -306,10 +302,7 @@ def test_unseen_policy_uses_the_new_tasks_prompts_stats_and_merged_mask():
 
 def test_unseen_policy_needs_a_prompt():
     store = two_task_store()
-    sampler = SegmentSampler(store, SamplerConfig(context_len=4), seed=0)
-    agent = build_agent(AgentConfig(name="mtdt"), ModelConfig(embed_dim=16, n_layer=1, n_head=1),
-                        SamplerConfig(context_len=4), DataSpec(4, 2, ["a", "b"], 1.0, [1.0, 1.0]),
-                        *sampler.state_stats)
+    agent = build_on_two_tasks(AgentConfig(name="mtdt"))
     with pytest.raises(ValueError, match="cannot act on unseen tasks"):
         agent.unseen_policy(store)
 

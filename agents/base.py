@@ -25,6 +25,10 @@ class Agent(nn.Module):
         """Trainer callbacks the algorithm needs (mask updates, penalties, ...)."""
         return []
 
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter sets whose gradient norms the trainer clips separately (default: one set)."""
+        return [list(self.parameters())]
+
     def policy(self, **kwargs: Any) -> Any:
         """An evaluation policy (``reset(num_envs)``, ``act(obs, reward)``)."""
         raise NotImplementedError

@@ -108,15 +108,21 @@ class DTAgent(Agent):
         targets = [float(returns[store.episode_task == t].max()) for t in range(store.num_tasks)]
         mean, std = sampler.state_stats
         return self._policy(targets, device, self.agnostic_route, task_names=store.task_names,
-                            stats=(mean, std), prompts=sampler.best_prompts())
+                            stats=(mean, std), prompts=sampler.best_prompts(),
+                            context_route=self.context_route())
 
     def agnostic_route(self, task: torch.Tensor) -> Route | None:
         """Masks/adapters when the task is not known; plain DTs have none."""
         return None
 
+    def context_route(self) -> Any:
+        """Masks/adapters chosen at every step from the context when the task is not known
+        (``DTPolicy``'s ``context_route``); None: ``agnostic_route`` alone decides."""
+        return None
+
     def _policy(self, target_returns: list[float] | None, device: str | None, route_fn: Any,
                 task_names: list[str] | None = None, stats: tuple[Any, Any] | None = None,
-                prompts: dict[str, torch.Tensor] | None = None) -> Any:
+                prompts: dict[str, torch.Tensor] | None = None, context_route: Any = None) -> Any:
         from orl.agents.policy import DTPolicy
 
         names = task_names or self.spec.task_names
@@ -133,6 +139,7 @@ class DTAgent(Agent):
             prompt=prompts if prompts is not None else self.prompts(),
             use_task_embedding=self.uses_task_id and task_names is None,
             route_fn=route_fn,
+            context_route=context_route,
         )
 
 

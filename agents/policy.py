@@ -39,7 +39,9 @@ class DTPolicy:
     ``target_return``, optionally ``action_head[i]`` and the Prompt-DT ``prompt`` tensors (a dict
     with the model's prompt keys ``states, actions, returns_to_go, timesteps, mask``, each
     ``(num_tasks, prompt_len, ...)``). ``use_task_embedding`` passes the task indices to the
-    model; ``route_fn(task_indices) -> Route`` picks masks or adapters per env.
+    model; ``route_fn(task_indices) -> Route`` picks masks or adapters per env at reset, or
+    ``context_route(raw_states, valid) -> Route`` at every step from the context window when the
+    task is not known (e.g. G-HarmoDT's gate; raw = unnormalised, (N, K, obs_dim) and (N, K)).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class DTPolicy:
         use_task_embedding: bool = False,
         action_head: Sequence[int] | None = None,
         route_fn: Callable[[torch.Tensor], Route] | None = None,
+        context_route: Callable[[torch.Tensor, torch.Tensor], Route] | None = None,
     ) -> None:
         cfg = model.cfg
         self.model = model
@@ -76,6 +79,7 @@ class DTPolicy:
             action_head, dtype=torch.long, device=self.device
         )
         self.route_fn = route_fn
+        self.context_route = context_route
         sizes = {"state_std": self.state_std, "target_return": self.target_return,
                  "task_names": self.task_names, "action_head": self.action_head}
         for name, values in sizes.items():
@@ -146,11 +150,15 @@ class DTPolicy:
             reward_t = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
             self._rtg[:, pos] = self._rtg[:, pos - 1] - reward_t / self.rtg_scale
         window, n = slice(pos + 1 - k, pos + 1), len(obs_t)
+        states, valid = self._states[:, window], self._valid[window].expand(n, k)
+        route = self._route
+        if self.context_route is not None:
+            route = self.context_route(states * self._std[:, None] + self._mean[:, None], valid)
         with eval_mode(self.model):
             out = self.model(
-                self._states[:, window], self._actions[:, window], self._rtg[:, window],
-                self._timesteps[window].expand(n, k), self._valid[window].expand(n, k),
-                task=self._task, prompt=self._prompt, route=self._route, head=self._head,
+                states, self._actions[:, window], self._rtg[:, window],
+                self._timesteps[window].expand(n, k), valid,
+                task=self._task, prompt=self._prompt, route=route, head=self._head,
             )
         self._actions[:, pos] = out[:, -1]
         self._step += 1

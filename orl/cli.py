@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.add_argument("--root", type=Path, default=None, help=root_help)
     info.set_defaults(func=_cmd_info)
+    # data subcommands of other modules (one line each)
+
     ev = commands.add_parser(
         "eval", help="evaluate a checkpoint (run dir or checkpoint dir) on its tasks",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -108,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     ev.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     ev.add_argument("--task-agnostic", action="store_true",
-                    help="HarmoDT: act with the merged mask instead of each task's mask")
+                    help="HarmoDT: act without task ids (the merged mask; G-HarmoDT: the "
+                         "group mask its gate picks from the context)")
     ev.set_defaults(func=_cmd_eval)
+    # commands of other modules (one line each)
+    __import__("orl.agents.liar.cli", fromlist=["add_prune_command"]).add_prune_command(commands)
     return parser
 
 

@@ -7,6 +7,10 @@ otherwise move them), restored from a copy of the masked layers made just before
 step. Upper level, every ``mask_interval`` steps (variants M and F): per-task masked and unmasked
 gradients on a fresh batch, then prune/regrow (``masks.update_task_masks``). Masks are buffers of
 the model, so they are saved and restored with every checkpoint.
+
+G-HarmoDT (``num_groups > 0``) clusters the tasks at the first mask update, learns one mask per
+group, and trains a gating network (``gate.GroupGate``) that picks the group from the context
+when the task id is not given (task-agnostic and unseen evaluation).
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from orl.agents.dt import DataSpec, DTAgent, action_mse
+from orl.agents.harmodt.gate import GroupGate, pooled_stats
 from orl.agents.harmodt.groups import cluster_tasks, gradient_similarity
 from orl.agents.harmodt.masks import (
     VARIANTS,
@@ -46,7 +53,8 @@ class HarmoDTConfig:
     merge_thres: int = 0  # task-agnostic model: keep weights active in >= this many task
     #                       masks (0: half the tasks, rounded up)
     num_groups: int = 0  # G-HarmoDT: > 0 clusters the tasks into this many groups by gradient
-    #                      similarity at the first mask update; a group shares one mask
+    #                      similarity at the first mask update; a group shares one mask, and a
+    #                      gating network learns to pick the group without the task id
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -94,6 +102,8 @@ class HarmoDTAgent(DTAgent):
         # the group of every task (HarmoDT: its own); set once by G-HarmoDT's clustering
         self.register_buffer("task_group", torch.arange(num_tasks))
         self.register_buffer("grouped", torch.tensor(False))
+        self.gate = (GroupGate(spec.obs_dim, cfg.num_groups, *pooled_stats(self.state_mean, self.state_std))
+                     if cfg.num_groups else None)
         self.last_task: torch.Tensor | None = None  # tasks of the batch being trained on
 
     def masked_linears(self) -> dict[str, OrlLinear]:
@@ -126,10 +136,13 @@ class HarmoDTAgent(DTAgent):
 
     def policy(self, target_returns: list[float] | None = None, device: str | None = None,
                task_agnostic: bool = False) -> Any:
-        """Task provided: each env's task mask. ``task_agnostic``: the merged mask for every env
+        """Task provided: each env's task mask. ``task_agnostic``: no task id; HarmoDT acts with
+        the merged mask, G-HarmoDT with the mask of the group its gate picks from the context
         (the env's task still picks its prompt and state statistics, as data of the task)."""
-        return self._policy(target_returns, device,
-                            self.agnostic_route if task_agnostic else self.route)
+        if not task_agnostic:
+            return self._policy(target_returns, device, self.route)
+        return self._policy(target_returns, device, self.agnostic_route,
+                            context_route=self.context_route())
 
     def agnostic_route(self, task: torch.Tensor) -> Route:
         """The merged (task-agnostic) mask for every sample."""
@@ -138,9 +151,52 @@ class HarmoDTAgent(DTAgent):
     def route(self, task: torch.Tensor) -> Route:
         return Route(mask=task)
 
+    def context_route(self) -> Any:
+        """G-HarmoDT: ``(raw states (N, K, obs), valid (N, K)) -> Route`` with the mask of the
+        group the gate predicts for every env; HarmoDT: None (the merged mask)."""
+        if self.gate is None:
+            return None
+        if not bool(self.grouped):
+            raise ValueError(
+                "This G-HarmoDT has not grouped its tasks yet (that happens at the first mask "
+                f"update, step agent.harmodt.mask_interval={self.harmodt.mask_interval}): "
+                "train it longer before acting without task ids."
+            )
+        first = self.group_first_task()
+
+        def route(states: torch.Tensor, valid: torch.Tensor) -> Route:
+            return Route(mask=first[self.gate(states, valid).argmax(dim=-1)])
+
+        return route
+
+    def group_first_task(self) -> torch.Tensor:
+        """(num_groups,) the lowest task index of every group: the index of the group's mask."""
+        groups = self.task_group
+        return torch.stack([torch.nonzero(groups == g)[0, 0] for g in range(int(groups.max()) + 1)])
+
     def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self.last_task = batch.task
-        return super().loss(batch)
+        loss, metrics = super().loss(batch)
+        if self.gate is None:
+            return loss, metrics
+        # the gate learns from raw observations: undo the sampler's per-task normalisation
+        task = batch.task[:, None]
+        raw = batch.states * self.state_std[task] + self.state_mean[task]
+        logits = self.gate(raw, batch.mask)
+        label = self.task_group[batch.task] * self.grouped  # 0 while ungrouped (weight 0 below)
+        gate_ce = F.cross_entropy(logits.float(), label)
+        # labels exist only once the tasks are grouped; no host sync to find out
+        loss = loss + gate_ce * self.grouped.to(gate_ce.dtype)
+        accuracy = (logits.argmax(dim=-1) == label).float().mean()
+        return loss, {**metrics, "gate_ce": gate_ce.detach(), "gate_accuracy": accuracy}
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """The gate's gradient is clipped apart from the DT's (its loss must not shrink the DT's
+        steps under a global clip)."""
+        if self.gate is None:
+            return super().clip_groups()
+        gate = {id(p) for p in self.gate.parameters()}
+        return [[p for p in self.parameters() if id(p) not in gate], list(self.gate.parameters())]
 
     def callbacks(self) -> list[Callback]:
         keep = [KeepMaskedOutWeights(self)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from orl.agents.federated.config import FederatedConfig
 from orl.agents.harmodt.agent import HarmoDTConfig
 from orl.datasets.sampler import SamplerConfig
 from orl.train.config import TrainConfig
@@ -68,7 +69,7 @@ class EvalConfig:
     vector: str = "sync"
     target_return: float | None = None  # raw units; None: each task's best dataset return
     max_steps: int | None = None  # cap on episode length (None: the env's own limit)
-    task_agnostic: bool = False  # harmodt: act with the merged mask, no task id
+    task_agnostic: bool = False  # harmodt: no task id (merged mask; G-HarmoDT: gate-picked group mask)
 
     def __post_init__(self) -> None:
         if self.episodes <= 0 or self.num_envs <= 0:
@@ -104,3 +105,4 @@ class ExperimentConfig:
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)  # strategy none: off

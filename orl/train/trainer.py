@@ -111,7 +111,8 @@ class Trainer:
     checkpoint with the highest ``best_metric`` is kept in ``checkpoints/best``. ``extra_state``
     (JSON-serialisable, e.g. the resolved config) is stored in every checkpoint. ``logger`` needs
     ``log(metrics, step)``; the caller finishes it. ``resume=True`` continues from the latest
-    checkpoint in ``run_dir`` (see ``resume``).
+    checkpoint in ``run_dir`` (see ``resume``). ``save_checkpoints=False`` writes nothing to
+    ``run_dir`` (short inner runs whose caller keeps the state, e.g. federated local rounds).
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class Trainer:
         extra_state: dict[str, Any] | None = None,
         best_metric: str = "eval/success_mean",
         resume: bool = False,
+        save_checkpoints: bool = True,
     ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -134,6 +136,7 @@ class Trainer:
         self.evaluator = evaluator
         self.extra_state = extra_state or {}
         self.best_metric = best_metric
+        self.save_checkpoints = save_checkpoints
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.is_main = self.rank == 0
@@ -203,9 +206,10 @@ class Trainer:
         with autocast:
             loss, metrics = self.loss_fn(batch)
         loss.backward()
-        if self.cfg.grad_clip > 0:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            metrics = {**metrics, "grad_norm": nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)}
+        if self.cfg.grad_clip > 0:  # each of the agent's clip groups on its own (usually one)
+            norms = [nn.utils.clip_grad_norm_([p for p in params if p.requires_grad], self.cfg.grad_clip)
+                     for params in self.agent.clip_groups()]
+            metrics = {**metrics, "grad_norm": norms[0]}
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._pending.append((loss.detach(), {k: v.detach() for k, v in metrics.items()}))
@@ -220,7 +224,7 @@ class Trainer:
             self._log(bar)
         if self.evaluator is not None and (last or _every(step, cfg.eval_every)):
             self._evaluate()
-        if last or _every(step, cfg.checkpoint_every):
+        if self.save_checkpoints and (last or _every(step, cfg.checkpoint_every)):
             self._checkpoint(final=last)
 
     # ------------------------------------------------------------- monitoring

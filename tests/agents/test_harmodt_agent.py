@@ -229,7 +229,8 @@ def paired_store(length=12, episodes=3):
     )
 
 
-def test_g_harmodt_groups_tasks_by_gradient_and_shares_group_masks(tmp_path):
+def g_harmodt():
+    """G-HarmoDT on the four paired tasks (two groups, tasks grouped at step 4)."""
     store = paired_store()
     sampler_cfg = SamplerConfig(context_len=4, batch_size=16, task_mode="round_robin")
     sampler = SegmentSampler(store, sampler_cfg, seed=0)
@@ -240,9 +241,18 @@ def test_g_harmodt_groups_tasks_by_gradient_and_shares_group_masks(tmp_path):
                                                max_timestep=20),
                         sampler_cfg, DataSpec(4, 2, store.task_names, 1.0, [1.0] * 4),
                         *sampler.state_stats)
+    return agent, store, sampler
+
+
+def fit(agent, sampler, run_dir, steps):
+    Trainer(agent, sampler, TrainConfig(steps=steps, lr=1e-2, warmup_steps=1, log_every=4,
+                                        checkpoint_every=0), run_dir).fit()
+
+
+def test_g_harmodt_groups_tasks_by_gradient_and_shares_group_masks(tmp_path):
+    agent, _, sampler = g_harmodt()
     before = {n: m.sum(dim=(1, 2)).clone() for n, m in agent.task_masks().items()}
-    Trainer(agent, sampler, TrainConfig(steps=12, lr=1e-2, warmup_steps=1, log_every=4,
-                                        checkpoint_every=0), tmp_path).fit()
+    fit(agent, sampler, tmp_path, steps=12)
     assert bool(agent.grouped)
     assert agent.task_group.tolist() == [0, 1, 0, 1]
     masks = agent.task_masks()
@@ -334,3 +344,56 @@ def test_unseen_tasks_must_not_overlap_training(tmp_path, capsys):
             f"run.out_dir={tmp_path}"]
     assert train_agent_main(args) == 2
     assert "overlap the training tasks" in capsys.readouterr().err
+
+
+def test_gate_pooled_stats_equal_those_of_the_union():
+    from orl.agents.harmodt.gate import pooled_stats
+
+    rng = np.random.default_rng(0)
+    data = [rng.normal(loc=i, scale=1 + i, size=(50, 3)) for i in range(3)]
+    mean = torch.tensor(np.stack([d.mean(0) for d in data]))
+    std = torch.tensor(np.stack([d.std(0) for d in data]))
+    union = np.concatenate(data)
+    pooled_mean, pooled_std = pooled_stats(mean, std)
+    np.testing.assert_allclose(pooled_mean.numpy(), union.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(pooled_std.numpy(), union.std(0), rtol=1e-10)
+
+
+def test_g_harmodt_gate_learns_nothing_before_the_tasks_are_grouped(tmp_path):
+    agent, _, sampler = g_harmodt()
+    loss, metrics = agent.loss(sampler.sample())
+    loss.backward()
+    assert {"gate_ce", "gate_accuracy"} <= metrics.keys()
+    assert all(torch.count_nonzero(p.grad) == 0 for p in agent.gate.parameters())
+    with pytest.raises(ValueError, match="not grouped its tasks yet"):
+        agent.policy(task_agnostic=True)
+    groups = agent.clip_groups()
+    assert sorted(id(p) for g in groups for p in g) == sorted(id(p) for p in agent.parameters())
+    assert {id(p) for p in groups[1]} == {id(p) for p in agent.gate.parameters()}
+
+
+def test_g_harmodt_gate_routes_envs_to_their_group_mask(tmp_path):
+    from orl.agents.policy import DTPolicy
+    from orl.model.layers import Route
+
+    agent, store, sampler = g_harmodt()
+    fit(agent, sampler, tmp_path, steps=60)
+    assert agent.task_group.tolist() == [0, 1, 0, 1]
+    assert agent.group_first_task().tolist() == [0, 1]
+    agent.eval()
+    route = agent.context_route()
+    batch = sampler.sample()  # the gate sees raw observations of every task's windows
+    task = batch.task[:, None]
+    raw = batch.states * agent.state_std[task] + agent.state_mean[task]
+    assert torch.equal(route(raw, batch.mask).mask, agent.task_group[batch.task])
+    # the policy acts with the mask of the predicted group, every step
+    obs = store.observations[store.episode_starts[[1 * 3, 2 * 3]]].astype(np.float32)  # b1, a2
+    policy = agent.policy(task_agnostic=True)
+    reference = DTPolicy(agent.model, agent.state_mean, agent.state_std, [1.0] * 4,
+                         task_names=store.task_names,
+                         route_fn=lambda t: Route(mask=torch.tensor([1, 0])))
+    for p in (policy, reference):
+        p.reset(2, tasks=["b1", "a2"])
+    for _ in range(3):
+        np.testing.assert_allclose(policy.act(obs, np.zeros(2)), reference.act(obs, np.zeros(2)),
+                                   atol=1e-6)

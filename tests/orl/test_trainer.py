@@ -282,3 +282,43 @@ def test_resume_needs_a_checkpoint_and_the_same_callbacks(tmp_path):
         trainer.resume()
     assert trainer.step == 0
     assert all(torch.equal(trainer.agent.state_dict()[k], v) for k, v in weights.items())
+
+
+class TwoClipGroups(TinyDT):
+    """Adds a huge-gradient extra parameter that the trainer must clip apart from the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extra = torch.nn.Parameter(torch.ones(3))
+
+    def loss(self, batch):
+        loss, metrics = super().loss(batch)
+        return loss + 1e4 * self.extra.sum(), metrics
+
+    def clip_groups(self):
+        return [list(self.model.parameters()), [self.extra]]
+
+
+class GradRecorder(Callback):
+    def on_train_start(self, trainer):
+        trainer.optimizer.register_step_pre_hook(self.record)
+
+    def record(self, *_):
+        self.model = torch.cat([p.grad.flatten() for p in self.agent.model.parameters()]).norm()
+        self.extra = self.agent.extra.grad.norm()
+
+
+def test_clip_groups_are_clipped_separately(tmp_path):
+    recorder = GradRecorder()
+    trainer = build(tmp_path, steps=1, agent_cls=TwoClipGroups, callbacks=[recorder],
+                    grad_clip=1.0, checkpoint_every=0)
+    recorder.agent = trainer.agent
+    trainer.fit()
+    assert recorder.extra == pytest.approx(1.0, rel=1e-5)  # clipped from 1e4 * sqrt(3)
+    # the model's gradient (norm ~0.1-1) is not shrunk by the extra parameter's
+    torch.manual_seed(0)
+    agent = TinyDT()
+    batch = SegmentSampler(make_store(), SamplerConfig(context_len=CONTEXT, batch_size=8), seed=0).sample()
+    agent.loss(batch)[0].backward()
+    alone = torch.cat([p.grad.flatten() for p in agent.model.parameters()]).norm()
+    assert recorder.model == pytest.approx(min(1.0, float(alone)), rel=1e-4)

@@ -5,6 +5,10 @@ together until each has finished its episode; env ``k`` of a task plays episode
 ``wave * num_envs + k``. Episode ``i`` of a task is reset with seed ``seed + i`` and, for Meta-World,
 goal variation ``i % 50``, so results do not depend on ``num_envs`` or on the other tasks.
 
+With ``video_dir`` the first ``video_episodes`` episodes of every task are also rendered
+(``render_mode="rgb_array"``) and written as MP4 files ``<task>-episode<i>.mp4`` by the sub-env
+that played them (so async workers write their own).
+
 A finished sub-env is never stepped again in its wave: :class:`SingleEpisode` wraps every sub-env,
 keeps the vector env from seeing the end of the episode (so it never auto-resets) and answers
 further steps with the final observation and zero reward, without touching the env. This is
@@ -19,6 +23,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -30,6 +35,7 @@ from orl.envs import ENV_IDS, env_id, resolve_tasks
 from orl.envs.metaworld import NUM_VARIATIONS
 from orl.eval.policy import Policy, reset_policy
 from orl.eval.result import EvalResult, TaskResult
+from orl.eval.video import require_video_writer, write_video
 
 VECTOR_MODES = ("sync", "async")
 
@@ -75,13 +81,16 @@ class SingleEpisode(gym.Wrapper):
     ``info["episode_over"]``; ``terminated``/``truncated`` stay False so a vector env never
     auto-resets. Once over, ``step`` returns the final observation and reward 0. ``plan`` holds
     the options of the next reset (set per sub-env with ``VectorEnv.set_attr``); ``None`` skips the
-    next episode: the env is reset but over at once.
+    next episode: the env is reset but over at once. ``video_path`` (also set per sub-env) records
+    the next episode there: frames rendered after the reset and after every step.
     """
 
     def __init__(self, env: gym.Env, max_steps: int | None = None) -> None:
         super().__init__(env)
         self.max_steps = max_steps
         self.plan: dict[str, Any] | None = {}
+        self.video_path: str | None = None
+        self._frames: list[np.ndarray] = []
         self._over = True
         self._steps = 0
         self._obs: Any = None
@@ -90,6 +99,7 @@ class SingleEpisode(gym.Wrapper):
         plan = self.plan
         obs, info = self.env.reset(seed=seed, options={**(options or {}), **(plan or {})})
         self._obs, self._steps, self._over = obs, 0, plan is None
+        self._frames = [self.env.render()] if self.video_path and not self._over else []
         return obs, info
 
     def step(self, action):
@@ -99,18 +109,25 @@ class SingleEpisode(gym.Wrapper):
         self._steps += 1
         capped = self.max_steps is not None and self._steps >= self.max_steps
         self._obs, self._over = obs, bool(terminated or truncated or capped)
+        if self._frames:
+            self._frames.append(self.env.render())
+            if self._over:
+                write_video(self.video_path, self._frames, self.metadata.get("render_fps") or 30)
+                self._frames = []
         return obs, reward, False, False, {**info, "episode_over": self._over}
 
 
-def make_env(env_id: str, max_steps: int | None) -> SingleEpisode:
+def make_env(env_id: str, max_steps: int | None, render: bool = False) -> SingleEpisode:
     """One sub-env of the evaluation vector env (module level, so async workers can pickle it)."""
-    return SingleEpisode(gym.make(env_id), max_steps)
+    env = gym.make(env_id, render_mode="rgb_array") if render else gym.make(env_id)
+    return SingleEpisode(env, max_steps)
 
 
 def make_vector_env(
-    env_ids: Sequence[str], max_steps: int | None = None, vector: str = "sync"
+    env_ids: Sequence[str], max_steps: int | None = None, vector: str = "sync", render: bool = False
 ) -> gym.vector.VectorEnv:
-    """A vector env with one :class:`SingleEpisode` sub-env per id.
+    """A vector env with one :class:`SingleEpisode` sub-env per id (``render``: made with
+    ``render_mode="rgb_array"``, to record videos).
 
     Ids may differ (Meta-World tasks, or any envs with equal observation shapes and equal
     action spaces); to check that, every distinct id is made once per process.
@@ -128,7 +145,7 @@ def make_vector_env(
                              "evaluate them in separate calls")
     batched = batch_differing_spaces([spaces[name][0] for name in env_ids])
     observation_mode = (batched, first_obs)
-    env_fns = [functools.partial(make_env, name, max_steps) for name in env_ids]
+    env_fns = [functools.partial(make_env, name, max_steps, render) for name in env_ids]
     kwargs = dict(observation_mode=observation_mode, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     if vector == "async":
         return gym.vector.AsyncVectorEnv(env_fns, **kwargs)
@@ -164,6 +181,8 @@ def evaluate(
     vector: str = "sync",
     max_steps: int | None = None,
     progress: bool = True,
+    video_dir: str | Path | None = None,
+    video_episodes: int = 1,
 ) -> EvalResult:
     """Run ``episodes`` episodes of every task with ``policy`` acting on all envs at once.
 
@@ -172,12 +191,19 @@ def evaluate(
     ``num_envs`` envs per task run together (fewer if ``episodes`` is smaller); ``vector`` is
     ``"sync"`` or ``"async"`` (one process per env). ``max_steps`` caps the steps of an episode
     (a truncation). The policy gets ``reset(N, tasks=...)`` with one task name per env if its
-    ``reset`` accepts ``tasks``.
+    ``reset`` accepts ``tasks``. ``video_dir``: also record the first ``video_episodes`` episodes
+    of every task as ``<video_dir>/<task>-episode<i>.mp4`` (needs the ``video`` extra; MuJoCo
+    renders offscreen with ``MUJOCO_GL=egl`` or ``osmesa`` on machines without a display).
     """
     if episodes <= 0 or num_envs <= 0:
         raise ValueError(f"episodes and num_envs must be positive, got {episodes} and {num_envs}")
     if max_steps is not None and max_steps <= 0:
         raise ValueError(f"max_steps must be positive, got {max_steps}")
+    if video_dir is not None:
+        if video_episodes <= 0:
+            raise ValueError(f"video_episodes must be positive, got {video_episodes}")
+        require_video_writer()
+        Path(video_dir).mkdir(parents=True, exist_ok=True)
     eval_tasks = resolve_eval_tasks(tasks)
     per_task = min(num_envs, episodes)
     env_task = np.repeat(np.arange(len(eval_tasks)), per_task)  # (N,) task of each sub-env
@@ -187,7 +213,8 @@ def evaluate(
     lengths = np.zeros((len(eval_tasks), episodes), dtype=np.int64)
     successes = np.full((len(eval_tasks), episodes), np.nan)
 
-    envs = make_vector_env([eval_tasks[t].env_id for t in env_task], max_steps, vector)
+    envs = make_vector_env([eval_tasks[t].env_id for t in env_task], max_steps, vector,
+                           render=video_dir is not None)
     start = time.perf_counter()
     try:
         with tqdm(total=len(eval_tasks) * episodes, desc="eval", unit="ep",
@@ -197,6 +224,11 @@ def evaluate(
                 run = episode < episodes
                 envs.set_attr("plan", [eval_tasks[t].reset_options(e) if r else None
                                        for t, e, r in zip(env_task, episode, run)])
+                if video_dir is not None:
+                    envs.set_attr("video_path", [
+                        str(Path(video_dir) / f"{eval_tasks[t].name}-episode{e:03d}.mp4")
+                        if r and e < video_episodes else None
+                        for t, e, r in zip(env_task, episode, run)])
                 obs, _ = envs.reset(seed=[seed + int(e) for e in episode])
                 reset_policy(policy, len(env_task), task_names)
                 ret, length, success = _run_wave(policy, envs, obs, run)

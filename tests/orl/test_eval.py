@@ -1,6 +1,7 @@
 import importlib.util
 import io
 import json
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -249,3 +250,52 @@ def test_log(tmp_path):
     table = json.loads((tmp_path / "eval_tasks.json").read_text())
     assert table["columns"][:3] == ["task", "episodes", "success_rate"]
     assert [row[0] for row in table["rows"]] == ["reach-v3", "push-v3", "Pendulum-v1"]
+
+
+class FramesEnv(gym.Env):
+    """Episodes of 3 + seed % 3 steps; frame t is a flat gray image of value 40 * t."""
+
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+        self.observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.length = 0, 3 + (seed or 0) % 3
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(2, np.float32), 1.0, self.t >= self.length, False, {}
+
+    def render(self):
+        return np.full((32, 48, 3), 40 * self.t, np.uint8)
+
+
+gym.register("OrlTestFrames-v0", entry_point=FramesEnv, max_episode_steps=50)
+
+
+@pytest.mark.parametrize("vector", ["sync", "async"])
+def test_videos_of_the_first_episodes(tmp_path, vector):
+    import imageio_ffmpeg
+
+    policy = PumpPolicy()
+    result = evaluate(policy, "OrlTestFrames-v0", episodes=3, num_envs=2, seed=1, vector=vector,
+                      progress=False, video_dir=tmp_path, video_episodes=2)
+    assert result.tasks[0].lengths.tolist() == [4, 5, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "OrlTestFrames-v0-episode000.mp4", "OrlTestFrames-v0-episode001.mp4"]
+    for episode, length in enumerate([4, 5]):
+        reader = imageio_ffmpeg.read_frames(str(tmp_path / f"OrlTestFrames-v0-episode{episode:03d}.mp4"))
+        meta = next(reader)
+        frames = [np.frombuffer(f, np.uint8) for f in reader]
+        assert meta["size"] == (48, 32) and len(frames) == length + 1
+        np.testing.assert_allclose([f.mean() for f in frames], 40 * np.arange(length + 1), atol=3)
+
+
+def test_bad_video_episodes(tmp_path):
+    with pytest.raises(ValueError, match="video_episodes"):
+        evaluate(PumpPolicy(), "OrlTestFrames-v0", episodes=1, video_dir=tmp_path, video_episodes=0)

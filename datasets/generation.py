@@ -3,18 +3,22 @@
 Work is split into shards of episodes, run in worker processes, and written to a staging
 folder (``<root>/.orl-staging``). A dataset is assembled and moved into place with one rename
 only when all its shards exist, so an interrupted run leaves no partial dataset; rerunning with
-the same parameters reuses the finished shards.
+the same parameters reuses the finished shards. Processes that generate the same datasets at
+the same time take turns: each holds a lock per dataset (``<root>/.orl-staging/.locks``) from
+the existence check to the final rename, so a second one waits and then finds it made.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata as pkg_metadata
 from multiprocessing import get_context
@@ -313,6 +317,20 @@ def _finish(dataset_id: str, stage: Path, num_shards: int, params: dict, root: P
         parent.rmdir()
 
 
+@contextmanager
+def dataset_locks(root: Path, dataset_ids: list[str]) -> Iterator[None]:
+    """Hold an exclusive lock on every dataset id (taken in sorted order: no deadlock), waiting
+    while another process holds one; released on exit, also when the process dies."""
+    folder = Path(root) / STAGING / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        for dataset_id in sorted(set(dataset_ids)):
+            lock = stack.enter_context(open(folder / (dataset_id.replace("/", "--") + ".lock"), "a"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stack.callback(fcntl.flock, lock, fcntl.LOCK_UN)
+        yield
+
+
 def generate(
     cfg: GenerationConfig,
     root: Path | None = None,
@@ -325,9 +343,17 @@ def generate(
     An existing dataset raises :class:`DatasetExistsError` unless ``exist_ok`` (keep it and
     skip) or ``overwrite`` (replace it once the new one is complete).
     """
+    root = Path(root) if root is not None else datasets_root()
+    ids = [metaworld_id(task, level, cfg.version) for task in cfg.tasks for level in cfg.levels]
+    with dataset_locks(root, ids):
+        return _generate(cfg, root, exist_ok, overwrite, progress)
+
+
+def _generate(cfg: GenerationConfig, root: Path, exist_ok: bool, overwrite: bool,
+              progress: bool) -> list[str]:
+    """``generate`` under the datasets' locks."""
     from tqdm.auto import tqdm
 
-    root = Path(root) if root is not None else datasets_root()
     ids, todo = [], []
     for task in cfg.tasks:
         for level in cfg.levels:

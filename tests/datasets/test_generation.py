@@ -101,6 +101,23 @@ def test_interrupted_run_leaves_no_dataset_and_resumes(tmp_path, monkeypatch):
     assert not any((tmp_path / "a" / gen.STAGING).rglob("*.npz"))
 
 
+def test_concurrent_generation_of_a_dataset_waits_for_the_first(tmp_path):
+    import threading
+
+    cfg = GenerationConfig(tasks=["reach-v3"], levels=["expert"], episodes=1, workers=1)
+    dataset_id = "metaworld/reach-v3/expert-v0"
+    results = []
+    with gen.dataset_locks(tmp_path, [dataset_id]):  # stands for another process generating it
+        second = threading.Thread(target=lambda: results.append(
+            generate(cfg, root=tmp_path, exist_ok=True, progress=False)))
+        second.start()
+        second.join(timeout=0.5)
+        assert second.is_alive() and not (tmp_path / gen.STAGING / "metaworld").exists()
+        generate(cfg, root=tmp_path.parent / f"{tmp_path.name}-other", progress=False)  # no wait
+    second.join(timeout=120)
+    assert results == [[dataset_id]] and list_local(tmp_path) == [dataset_id]
+
+
 def test_schedules():
     std, prob = LEVEL_SCHEDULES["near-optimal"].per_episode(5)
     assert std[0] > std[-1] and prob[0] > prob[-1] == 0.0

@@ -77,6 +77,10 @@ def _read_minari(dataset_id: str, root: Path | None) -> dict[str, np.ndarray | s
     }
     if all(s is not None for s in success):
         arrays["episode_success"] = np.array(success, dtype=bool)
+    tasks = metadata.get("orl_tasks")
+    if isinstance(tasks, dict):  # several tasks in one dataset (e.g. an `orl data select` export)
+        arrays["task_names"] = np.array(tasks["task_names"], dtype=str)
+        arrays["episode_task"] = np.array(tasks["episode_task"], dtype=np.int64)
     return arrays
 
 
@@ -102,8 +106,8 @@ def load_minari(dataset_id: str, root: Path | None = None, cache: bool = True) -
     num_episodes = len(arrays["episode_starts"]) - 1
     return TrajectoryStore(
         **{k: arrays[k] for k in _ARRAYS},
-        episode_task=np.zeros(num_episodes, dtype=np.int64),
-        task_names=[str(arrays["task_name"])],
+        episode_task=arrays.get("episode_task", np.zeros(num_episodes, dtype=np.int64)),
+        task_names=[str(n) for n in arrays.get("task_names", [arrays["task_name"]])],
         episode_success=arrays.get("episode_success"),
         sources=[dataset_id],
     )

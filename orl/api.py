@@ -15,6 +15,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if (path / "state.json").is_file():
         return path
+    if (path / "continual.json").is_file():  # a continual run: the agent after its last phase
+        from orl.agents.continual.runner import last_snapshot
+
+        return last_snapshot(path)
     final = checkpoints_dir(path) / "final"
     if (final / "state.json").is_file():
         return final
@@ -26,20 +30,27 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
-def load_trained_agent(path: str | Path, device: str | None = None) -> Any:
-    """The agent saved in a checkpoint (or a run dir), weights loaded, in eval mode."""
-    from orl.agents import DataSpec, build_agent
+def saved_run(path: str | Path) -> tuple[Path, Any, Any, dict[str, Any]]:
+    """(checkpoint dir, ``ExperimentConfig``, ``DataSpec``, extra state) of a checkpoint or run dir."""
+    from orl.agents import DataSpec
     from orl.config import from_dict
     from orl.config.experiment import ExperimentConfig
-    from orl.train.checkpoint import CheckpointError, load_model_weights, read_checkpoint
+    from orl.train.checkpoint import CheckpointError, read_checkpoint
 
     checkpoint = resolve_checkpoint(path)
     state, _ = read_checkpoint(checkpoint, files=())
     extra = state.get("extra", {})
     if "config" not in extra or "data_spec" not in extra:
         raise CheckpointError(f"checkpoint {checkpoint} was not written by train-agent (no config)")
-    cfg = from_dict(ExperimentConfig, extra["config"])
-    spec = DataSpec(**extra["data_spec"])
+    return checkpoint, from_dict(ExperimentConfig, extra["config"]), DataSpec(**extra["data_spec"]), extra
+
+
+def load_trained_agent(path: str | Path, device: str | None = None) -> Any:
+    """The agent saved in a checkpoint (or a run dir), weights loaded, in eval mode."""
+    from orl.agents import build_agent
+    from orl.train.checkpoint import load_model_weights
+
+    checkpoint, cfg, spec, extra = saved_run(path)
     num_tasks = len(spec.task_names)
     prompts = None
     if cfg.agent.name in ("prompt_dt", "harmodt") and cfg.sampler.prompt_len > 0:
@@ -49,9 +60,17 @@ def load_trained_agent(path: str | Path, device: str | None = None) -> Any:
             "returns_to_go": torch.zeros(shape), "timesteps": torch.zeros(shape, dtype=torch.long),
             "mask": torch.zeros(shape, dtype=torch.bool),
         }
-    agent = build_agent(cfg.agent, cfg.model, cfg.sampler, spec,
-                        torch.zeros(num_tasks, spec.obs_dim), torch.ones(num_tasks, spec.obs_dim),
-                        prompts)
+    if cfg.continual.enabled:  # one head per stage
+        from orl.agents.continual.runner import build_continual_agent
+
+        agent = build_continual_agent(cfg, spec, torch.zeros(num_tasks, spec.obs_dim),
+                                      torch.ones(num_tasks, spec.obs_dim))
+    else:
+        agent = build_agent(cfg.agent, cfg.model, cfg.sampler, spec,
+                            torch.zeros(num_tasks, spec.obs_dim), torch.ones(num_tasks, spec.obs_dim),
+                            prompts)
+    if "pruned" in extra:  # structured pruning (orl prune): rebuild the kept heads/neurons first
+        agent.model.transformer.resize(**extra["pruned"]["structure"])
     load_model_weights(checkpoint, agent)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return agent.to(device).eval()
@@ -61,9 +80,13 @@ def load_agent(path: str | Path, device: str | None = None, with_tasks: bool = F
                task_agnostic: bool = False) -> Any:
     """A ready evaluation policy from a checkpoint or run dir (``orl.evaluate`` accepts it).
 
-    With ``with_tasks`` also the names of the tasks it was trained on; ``task_agnostic`` for
-    agents that have such a mode (HarmoDT's merged model).
+    With ``with_tasks`` also the tasks to evaluate it on: the run's ``data.eval_tasks`` (e.g. the
+    gym env of a D4RL file), else the tasks it was trained on. ``task_agnostic`` for agents that
+    have such a mode (HarmoDT's merged model, G-HarmoDT's gate).
     """
     agent = load_trained_agent(path, device)
     policy = agent.policy(task_agnostic=task_agnostic)
-    return (policy, list(agent.spec.task_names)) if with_tasks else policy
+    if not with_tasks:
+        return policy
+    _, cfg, spec, _ = saved_run(path)
+    return policy, list(cfg.data.eval_tasks) or list(spec.task_names)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -61,6 +62,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from orl.agents.continual.report import add_report_parser
+    from orl.agents.liar.cli import add_prune_command
+    from orl.datasets.select.cli import add_select_command
+
     parser = argparse.ArgumentParser(prog="orl", description="orl: offline RL toolkit")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -95,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.add_argument("--root", type=Path, default=None, help=root_help)
     info.set_defaults(func=_cmd_info)
-    # data subcommands of other modules (one line each)
+    add_select_command(data_commands)
 
     ev = commands.add_parser(
         "eval", help="evaluate a checkpoint (run dir or checkpoint dir) on its tasks",
@@ -109,12 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--vector", choices=["sync", "async"], default="sync")
     ev.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     ev.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    ev.add_argument("--video", type=Path, default=None, metavar="DIR",
+                    help="also record MP4s of the first episodes of every task into DIR "
+                         "(pip install 'orl[video]'; headless: MUJOCO_GL=egl or osmesa)")
+    ev.add_argument("--video-episodes", type=int, default=1, help="episodes recorded per task")
     ev.add_argument("--task-agnostic", action="store_true",
                     help="HarmoDT: act without task ids (the merged mask; G-HarmoDT: the "
                          "group mask its gate picks from the context)")
     ev.set_defaults(func=_cmd_eval)
-    # commands of other modules (one line each)
-    __import__("orl.agents.liar.cli", fromlist=["add_prune_command"]).add_prune_command(commands)
+    add_prune_command(commands)
+    add_report_parser(commands)
     return parser
 
 
@@ -125,20 +134,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     policy, tasks = load_agent(args.checkpoint, device=args.device, with_tasks=True,
                                task_agnostic=args.task_agnostic)
     result = evaluate(policy, args.tasks or tasks, episodes=args.episodes,
-                      num_envs=args.num_envs, seed=args.seed, vector=args.vector)
+                      num_envs=args.num_envs, seed=args.seed, vector=args.vector,
+                      video_dir=args.video, video_episodes=args.video_episodes)
     result.print()
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
     return 0
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors caused by the user's input (bad config values are ``ValueError`` s): printed as one
+    line, exit status 2, no traceback."""
+    from orl.train.checkpoint import CheckpointError
+
+    return (CheckpointError, ValueError, FileNotFoundError, FileExistsError, ImportError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `orl data list | head -1`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
@@ -168,12 +189,11 @@ def train_agent_main(argv: list[str] | None = None) -> int:
                         help="continue an interrupted run from its latest checkpoint")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=500")
     args = parser.parse_args(argv)
-    from orl.config import ConfigError
     from orl.experiment import train
 
     try:
         train(config_path=args.config, overrides=args.overrides, resume=args.resume)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -112,6 +112,10 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
 
     sources, eval_tasks = dataset_sources(cfg)
     store = load(sources)
+    empty = [name for t, name in enumerate(store.task_names) if not (store.episode_task == t).any()]
+    if empty:
+        raise ValueError(f"The training data names tasks without any episode: {empty}. "
+                         "Remove them from the dataset's task list or add their episodes.")
     if eval_tasks:
         check_env_dims(store.obs_dim, store.act_dim, eval_tasks)
     seed_everything(cfg.run.seed)
@@ -190,6 +194,30 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=1))
 
 
+def start_run(cfg: ExperimentConfig, run_dir: Path, spec: Any) -> Any:
+    """Write ``config.yaml`` and ``data_spec.json`` into ``run_dir`` and open its ``RunLogger``
+    (a resumed run continues its wandb run)."""
+    from orl.logging import RunLogger
+
+    save_config(cfg, run_dir)
+    write_json(run_dir / "data_spec.json", spec.to_dict())
+    wandb_id_file = run_dir / "wandb_id"
+    logger = RunLogger(run_dir, cfg.run.logger, config=to_dict(cfg), project=cfg.run.wandb_project,
+                       name=run_dir.name,
+                       resume_id=wandb_id_file.read_text() if wandb_id_file.exists() else None)
+    if logger.wandb_id:
+        wandb_id_file.write_text(logger.wandb_id)
+    return logger
+
+
+def report_final(result: Any, run_dir: Path, logger: Any, step: int) -> None:
+    """Print the final evaluation, write ``eval_final.json`` and log it under ``final/``."""
+    result.print()
+    write_json(run_dir / "eval_final.json", result.to_dict())
+    if logger is not None:
+        result.log(logger, step, prefix="final")
+
+
 def train(config_path: Path | None = None, overrides: list[str] = (),
           resume: Path | None = None, cfg: ExperimentConfig | None = None) -> dict[str, Any]:
     """Run (or resume) one experiment; returns the final metrics.
@@ -198,7 +226,6 @@ def train(config_path: Path | None = None, overrides: list[str] = (),
     ``train.steps`` to train longer).
     """
     from orl.config.loader import load_config, merge, parse_overrides
-    from orl.logging import RunLogger
     from orl.train.trainer import Trainer
 
     if resume is not None:
@@ -217,18 +244,19 @@ def train(config_path: Path | None = None, overrides: list[str] = (),
                 f"Run directory {str(run_dir)!r} already exists: resume it with "
                 f"`train-agent --resume {run_dir}` or pick another run.name."
             )
+    if cfg.continual.enabled:
+        from orl.agents.continual.runner import run_continual
+
+        return run_continual(cfg, run_dir)
+    if cfg.federated.active:
+        from orl.agents.federated.runner import train_federated
+
+        return train_federated(cfg, run_dir, resume=resume is not None)
     prepared = prepare(cfg)
     is_main = int(os.environ.get("RANK", 0)) == 0
     logger = None
     if is_main:
-        save_config(cfg, run_dir)
-        write_json(run_dir / "data_spec.json", prepared.agent.spec.to_dict())
-        wandb_id_file = run_dir / "wandb_id"
-        logger = RunLogger(run_dir, cfg.run.logger, config=to_dict(cfg), project=cfg.run.wandb_project,
-                           name=run_dir.name,
-                           resume_id=wandb_id_file.read_text() if wandb_id_file.exists() else None)
-        if logger.wandb_id:
-            wandb_id_file.write_text(logger.wandb_id)
+        logger = start_run(cfg, run_dir, prepared.agent.spec)
     evaluator = (make_evaluator(cfg, prepared.eval_tasks, prepared.unseen)
                  if prepared.eval_tasks else None)
     trainer = Trainer(prepared.agent, prepared.sampler, cfg.train, run_dir, logger=logger,
@@ -238,14 +266,10 @@ def train(config_path: Path | None = None, overrides: list[str] = (),
     try:
         summary = trainer.fit()
         if is_main and evaluator is not None and evaluator.last is not None:
-            result = evaluator.last
-            result.print()
-            write_json(run_dir / "eval_final.json", result.to_dict())
+            report_final(evaluator.last, run_dir, logger, trainer.step)
             if evaluator.last_unseen is not None:
                 evaluator.last_unseen.print()
                 write_json(run_dir / "eval_final_unseen.json", evaluator.last_unseen.to_dict())
-            if logger is not None:
-                result.log(logger, trainer.step, prefix="final")
     finally:
         if logger is not None:
             logger.finish()

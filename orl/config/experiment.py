@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from orl.agents.continual.config import ContinualConfig
 from orl.agents.federated.config import FederatedConfig
 from orl.agents.harmodt.agent import HarmoDTConfig
 from orl.datasets.sampler import SamplerConfig
@@ -105,4 +106,10 @@ class ExperimentConfig:
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)  # task sequences
     federated: FederatedConfig = field(default_factory=FederatedConfig)  # strategy none: off
+
+    def __post_init__(self) -> None:
+        if self.continual.enabled and self.federated.active:
+            raise ValueError("continual and federated training cannot be combined: set "
+                             "continual.enabled=false or federated.strategy=none")

@@ -37,6 +37,23 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(b, length, self.n_head * self.head_dim)
         return self.resid_dropout(self.proj(y, route))
 
+    def head_columns(self, heads: torch.Tensor) -> torch.Tensor:
+        """Input columns of ``proj`` (features of the concatenated heads) of ``heads``."""
+        offsets = torch.arange(self.head_dim, device=heads.device)
+        return (heads[:, None] * self.head_dim + offsets).flatten()
+
+    @torch.no_grad()
+    def keep_heads(self, keep: torch.Tensor, proj_weight: torch.Tensor | None = None,
+                   proj_bias: torch.Tensor | None = None) -> None:
+        """Physically keep only heads ``keep`` (sorted indices): their q/k/v rows of ``qkv`` and
+        their columns of ``proj``; ``proj_weight``/``proj_bias`` replace those (reconstruction)."""
+        _check_keep(keep, self.n_head, "heads")
+        columns = self.head_columns(keep)
+        width = self.n_head * self.head_dim
+        self.qkv.keep_outputs(torch.cat([part * width + columns for part in range(3)]))
+        self.proj.keep_inputs(columns, proj_weight, proj_bias)
+        self.n_head = len(keep)
+
 
 class MLP(nn.Module):
     def __init__(self, embed_dim: int, hidden_dim: int, activation: str, dropout: float) -> None:
@@ -48,6 +65,19 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, route: Route | None = None) -> torch.Tensor:
         return self.dropout(self.proj(self.act(self.fc(x, route)), route))
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.fc.out_features
+
+    @torch.no_grad()
+    def keep_hidden(self, keep: torch.Tensor, proj_weight: torch.Tensor | None = None,
+                    proj_bias: torch.Tensor | None = None) -> None:
+        """Physically keep only hidden neurons ``keep`` (sorted indices): rows of ``fc``, columns
+        of ``proj``; ``proj_weight``/``proj_bias`` replace those (reconstruction)."""
+        _check_keep(keep, self.hidden_dim, "hidden neurons")
+        self.fc.keep_outputs(keep)
+        self.proj.keep_inputs(keep, proj_weight, proj_bias)
 
 
 class Block(nn.Module):
@@ -89,3 +119,26 @@ class Transformer(nn.Module):
     def linears(self) -> list[tuple[str, OrlLinear]]:
         """Every ``OrlLinear`` of the blocks with its qualified name."""
         return [(n, m) for n, m in self.named_modules() if isinstance(m, OrlLinear)]
+
+    def structure(self) -> dict[str, list[int]]:
+        """Attention heads and MLP hidden sizes of every block (they differ once pruned)."""
+        return {"heads": [b.attn.n_head for b in self.blocks],
+                "hidden": [b.mlp.hidden_dim for b in self.blocks]}
+
+    def resize(self, heads: list[int], hidden: list[int]) -> None:
+        """Shrink the blocks to ``heads``/``hidden`` units per layer (the first ones are kept), so
+        the weights of a pruned model saved with ``structure()`` can be loaded into it."""
+        if len(heads) != len(self.blocks) or len(hidden) != len(self.blocks):
+            raise ValueError(f"a pruned structure needs one entry per layer ({len(self.blocks)}), "
+                             f"got heads={heads}, hidden={hidden}")
+        for block, n_head, n_hidden in zip(self.blocks, heads, hidden):
+            block.attn.keep_heads(torch.arange(n_head))
+            block.mlp.keep_hidden(torch.arange(n_hidden))
+
+
+def _check_keep(keep: torch.Tensor, total: int, what: str) -> None:
+    """``keep`` must be sorted, distinct, in range and leave at least one unit."""
+    if keep.dim() != 1 or not 1 <= len(keep) <= total:
+        raise ValueError(f"keep 1 to {total} {what}, got {len(keep) if keep.dim() == 1 else keep.shape}")
+    if keep.min() < 0 or keep.max() >= total or (keep[1:] <= keep[:-1]).any():
+        raise ValueError(f"indices of kept {what} must be sorted, distinct and in [0, {total})")

@@ -81,3 +81,11 @@ def test_describe_lists_every_leaf_with_default():
     assert rows["sampler.context_len"][1] == 20
     assert rows["data.tasks"][1] == ["MT10"]
     assert all(not key.endswith(("train", "model")) for key in rows)
+
+
+def test_continual_and_federated_cannot_be_combined():
+    from orl.config.experiment import ExperimentConfig
+
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        load_config(ExperimentConfig, None, ["continual.enabled=true", "continual.tasks=[OCW10]",
+                                             "federated.strategy=fedavg"])

@@ -54,10 +54,33 @@ def test_train_resume_and_eval(tmp_path, data, capsys):
     state = json.loads((run / "checkpoints" / "final" / "state.json").read_text())
     assert state["step"] == 18
 
-    out = tmp_path / "eval.json"
-    assert orl_main(["eval", str(run), "--tasks", "Pendulum-v1", "--episodes", "2",
-                     "--num-envs", "1", "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["return_mean"] < 0  # Pendulum rewards are negative
+    out = tmp_path / "eval.json"  # evaluated on the run's data.eval_tasks, not the file's name
+    assert orl_main(["eval", str(run), "--episodes", "2", "--num-envs", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert "success/Pendulum-v1" in result or "return/Pendulum-v1" in result
+    assert result["return_mean"] < 0  # Pendulum rewards are negative
+
+    (run / "checkpoints" / "final" / "state.json").write_text("{not json")
+    assert orl_main(["eval", str(run / "checkpoints" / "final")]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_tasks_without_episodes_are_reported(monkeypatch):
+    import orl.datasets.loading
+    import orl.experiment
+    from orl.config import load_config
+    from orl.config.experiment import ExperimentConfig
+    from orl.datasets.store import TrajectoryStore
+
+    rng = np.random.default_rng(0)
+    store = TrajectoryStore(
+        observations=rng.normal(size=(8, 3)), actions=rng.uniform(-1, 1, (8, 1)),
+        rewards=np.ones(8), terminals=np.zeros(8, bool), timeouts=np.zeros(8, bool),
+        episode_starts=np.array([0, 8]), episode_task=np.array([0]), task_names=["a", "b"])
+    monkeypatch.setattr(orl.experiment, "dataset_sources", lambda cfg: (["x.hdf5"], []))
+    monkeypatch.setattr(orl.datasets.loading, "load", lambda sources: store)
+    with pytest.raises(ValueError, match=r"without any episode: \['b'\]"):
+        orl.experiment.prepare(load_config(ExperimentConfig, None, []))
 
 
 def test_help_lists_options_with_defaults(capsys):

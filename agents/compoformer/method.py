@@ -1,0 +1,222 @@
+"""CompoFormer (arXiv 2411.11364): continual learning by composing earlier policies.
+
+Every task has a one-sentence description embedded with all-MiniLM-L6-v2 (384-d). For a new
+task ``t`` the query/key maps ``q_t, k_t`` (384 -> ``attention_dim``) weigh the earlier tasks
+that own parameters ("grown" tasks) with ``softmax(q_t(e_t) . k_t(e_j) / temperature)``.
+
+Compose or grow, for each task after the first:
+
+1. warm-up: only ``q_t, k_t`` train, ``compose_warmup_steps`` steps, the action predicted as
+   the attention-weighted sum of the frozen earlier policies' actions;
+2. the best-matching earlier policy (hard top-1) plays ``compose_episodes`` episodes of ``t``;
+3. success >= ``compose_threshold``: task ``t`` reuses that policy and adds no parameters;
+4. otherwise grow a module for ``t``: a LoRA adapter on the attention QKV projections (Grow)
+   or a PackNet mask from the free weights (Prune: train, keep the top ``prune_keep`` share,
+   fine-tune, split by ``prune_at``). Its state-token feature is concatenated with the
+   attention-weighted features of the earlier grown tasks and the task's MLP head maps the
+   pair to the action.
+
+The first task always grows (the backbone itself for Grow). All tasks' modules and heads are
+allocated up front so checkpoints keep one shape; isolation makes earlier tasks' outputs
+bit-identical while later tasks train.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from orl.agents.compoformer.text import EMBEDDING_DIM, embed_descriptions
+from orl.agents.continual.agent import ContinualAgent, Method
+from orl.agents.continual.methods import LoRA, PackNet
+from orl.agents.dt import action_mse
+from orl.model.layers import Index, Route
+from orl.train.callbacks import Callback
+
+if TYPE_CHECKING:
+    from orl.agents.continual.config import ContinualConfig
+    from orl.agents.continual.stages import Stage
+
+#: Initial query/key maps give logits of about INIT_SHARPNESS * cosine(e_t, e_j).
+INIT_SHARPNESS = 8.0
+
+
+def stage_descriptions(stages: list[Stage]) -> list[str]:
+    """Each stage's description: its own, else the Meta-World description of its env."""
+    from orl.envs.descriptions import TASK_DESCRIPTIONS
+
+    out = []
+    for stage in stages:
+        text = stage.description or TASK_DESCRIPTIONS.get(stage.eval_task.removeprefix("orl/"))
+        if not text:
+            raise ValueError(
+                f"stage {stage.index} ({stage.name}): CompoFormer needs a task description; "
+                "set continual.stages[].description (Meta-World tasks have built-in ones)"
+            )
+        out.append(text)
+    return out
+
+
+class CompoFormer(Method):
+    """CompoFormer Grow (``compoformer_grow``) or Prune (``compoformer_prune``)."""
+
+    def __init__(self, cfg: ContinualConfig, stages: list[Stage]) -> None:
+        super().__init__()
+        self.variant = cfg.method.removeprefix("compoformer_")
+        self.module = (LoRA(cfg.lora_rank, cfg.lora_alpha) if self.variant == "grow"
+                       else PackNet(cfg.prune_keep, cfg.prune_at))
+        self.threshold = cfg.compose_threshold
+        self.warmup_steps = cfg.compose_warmup_steps
+        self.episodes = cfg.compose_episodes
+        self.temperature = cfg.attention_temperature
+        self.attention_dim, self.head_hidden = cfg.attention_dim, cfg.head_hidden
+        self.phase = "train"  # or "warmup"
+        embeddings = torch.as_tensor(embed_descriptions(stage_descriptions(stages)))
+        self.register_buffer("embeddings", embeddings)
+        # source[t]: t if task t grew, the reused task if it composed, -1 before its stage
+        self.register_buffer("source", torch.full((len(stages),), -1, dtype=torch.long))
+
+    def attach(self, agent: ContinualAgent) -> None:
+        self.module.attach(agent)
+        cfg, t = agent.model.cfg, agent.num_tasks
+        self.query = nn.ModuleList(nn.Linear(EMBEDDING_DIM, self.attention_dim) for _ in range(t))
+        self.key = nn.ModuleList(nn.Linear(EMBEDDING_DIM, self.attention_dim) for _ in range(t))
+        scale = (INIT_SHARPNESS * self.temperature * EMBEDDING_DIM / self.attention_dim) ** 0.5
+        with torch.no_grad():
+            for query, key in zip(self.query, self.key):  # q = k: logits follow similarity
+                nn.init.orthogonal_(query.weight, gain=scale)
+                key.weight.copy_(query.weight)
+                query.bias.zero_()
+                key.bias.zero_()
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(2 * cfg.embed_dim, self.head_hidden), nn.ReLU(),
+                          nn.Linear(self.head_hidden, cfg.act_dim))
+            for _ in range(t)
+        )
+
+    # ------------------------------------------------------------ composition
+    def acts_as(self, stage: int) -> int:
+        source = int(self.source[stage])
+        return source if source >= 0 else stage
+
+    def grown_before(self, task: int) -> list[int]:
+        """Earlier tasks that own parameters."""
+        return [i for i in range(task) if int(self.source[i]) == i]
+
+    def attention(self, task: int, earlier: list[int]) -> torch.Tensor:
+        """Weights of task ``task`` over ``earlier`` tasks, (len(earlier),), summing to 1."""
+        query = self.query[task](self.embeddings[task])
+        keys = self.key[task](self.embeddings[earlier])
+        return F.softmax(keys @ query / self.temperature, dim=0)
+
+    def route(self, task: Index) -> Route:
+        return self.module.route(task)
+
+    def module_features(self, agent: ContinualAgent, inputs: tuple[torch.Tensor | None, ...],
+                        rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """State-token features of rows ``rows[i]`` of ``inputs`` through module ``i``, for
+        every ``i``: one forward pass for all frozen modules (a route per sample), and one that
+        keeps its graph for the module in training."""
+        learning = agent.stage if agent.training and self.phase == "train" else None
+        out = {}
+        if learning in rows:
+            picked = [None if x is None else x[rows[learning]] for x in inputs]
+            out[learning] = agent.model.encode(*picked, route=self.route(learning))
+        frozen = [i for i in rows if i != learning]
+        if frozen:
+            index = torch.cat([rows[i] for i in frozen])
+            route = torch.cat([torch.full_like(rows[i], i) for i in frozen])
+            with torch.no_grad():
+                features = agent.model.encode(*(None if x is None else x[index] for x in inputs),
+                                              route=self.route(route))
+            out |= dict(zip(frozen, features.split([len(rows[i]) for i in frozen])))
+        return out
+
+    def actions(self, agent: ContinualAgent, inputs: tuple[torch.Tensor, ...],
+                task: int | torch.Tensor) -> torch.Tensor:
+        size = len(inputs[0])
+        task = torch.full((size,), task, device=inputs[0].device) if isinstance(task, int) else task
+        plays = {j: self.acts_as(j) for j in torch.unique(task).tolist()}
+        task_rows = {j: torch.nonzero(task == j).flatten() for j in plays}
+        needs: dict[int, list[torch.Tensor]] = {}
+        for j, s in plays.items():
+            for i in {s, *self.grown_before(s)}:
+                needs.setdefault(i, []).append(task_rows[j])
+        rows = {i: torch.cat(parts) for i, parts in needs.items()}
+        found = self.module_features(agent, inputs, rows)
+        # every module's features at their batch positions (rows not needed stay zero)
+        features = {i: found[i].new_zeros(size, *found[i].shape[1:]).index_copy(0, rows[i], found[i])
+                    for i in found}
+        out = None
+        for j, s in plays.items():
+            at = task_rows[j]
+            earlier = self.grown_before(s)
+            own = features[s][at]
+            if earlier:
+                weights = self.attention(s, earlier)
+                composed = sum(w * features[i][at] for w, i in zip(weights, earlier))
+            else:
+                composed = torch.zeros_like(own)
+            y = self.heads[s](torch.cat([own, composed], dim=-1))
+            y = torch.tanh(y) if agent.model.cfg.tanh_actions else y
+            if len(plays) == 1:
+                return y
+            if out is None:
+                out = y.new_empty(size, *y.shape[1:])
+            out[at] = y
+        return out
+
+    # --------------------------------------------------------------- training
+    def loss(self, agent: ContinualAgent, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.phase == "train":
+            return super().loss(agent, batch)
+        inputs = (batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
+        earlier = self.grown_before(agent.stage)
+        with torch.no_grad():
+            policies = torch.stack([self.actions(agent, inputs, i) for i in earlier])
+        weights = self.attention(agent.stage, earlier)
+        mse = action_mse((weights[:, None, None, None] * policies).sum(0), batch)
+        return mse, {"action_mse": mse.detach()}
+
+    def stage_parameters(self, agent: ContinualAgent, stage: int) -> list[nn.Parameter]:
+        attention = [*self.query[stage].parameters(), *self.key[stage].parameters()]
+        if self.phase == "warmup":
+            return attention
+        own = self.module.stage_parameters(agent, stage) + list(self.heads[stage].parameters())
+        return own + (attention if stage > 0 else [])
+
+    def callbacks(self, agent: ContinualAgent) -> list[Callback]:
+        return [] if self.phase == "warmup" else self.module.callbacks(agent)
+
+    def run_stage(self, runner: Any, stage: int) -> None:
+        """Warm up, roll out the best-matching earlier policy, then compose or grow."""
+        earlier = self.grown_before(stage)
+        if not earlier:
+            self.source[stage] = stage
+            runner.train_phase(stage, "train")
+            return
+        note = runner.state["notes"].get(str(stage), {})
+        if "decision" not in note:
+            self.phase = "warmup"
+            try:
+                runner.train_phase(stage, "warmup", steps=self.warmup_steps, evaluate=False)
+            finally:
+                self.phase = "train"
+            with torch.no_grad():
+                weights = self.attention(stage, earlier)
+            best = earlier[int(weights.argmax())]
+            self.source[stage] = best
+            success = runner.success_of(stage, self.episodes)
+            note = {"decision": "compose" if success >= self.threshold else "grow",
+                    "reused": best, "reuse_success": success,
+                    "attention": {runner.stages[i].name: float(w) for i, w in zip(earlier, weights)}}
+            runner.note(stage, note)
+        composed = note["decision"] == "compose"
+        self.source[stage] = note["reused"] if composed else stage
+        if "decide" not in runner.state["phases_done"]:
+            runner.phase_done(stage, "decide")
+        if not composed:
+            runner.train_phase(stage, "train")

@@ -1,0 +1,174 @@
+"""``orl report RUN_DIR``: the success matrix, P/F/FWT and per-task success curves of a
+continual run (finished or interrupted), as a table, ``report.json`` and plots in the run dir
+(``success_matrix.png``, ``success_curves.png``; matplotlib: ``pip install 'orl[plots]'``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orl.agents.continual.metrics import cw_forward_transfer, summarize
+
+PLOTS_HINT = "pip install 'orl[plots]' (matplotlib) to get the plots"
+
+
+def load_results(run_dir: Path) -> dict[str, Any]:
+    """Stage names, envs, before-training success ``b``, success matrix ``R`` (NaN rows for
+    stages not finished) and the recorded evaluations of a continual run."""
+    path = Path(run_dir) / "continual.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} has no continual.json: it is not a continual "
+                                "run directory (train-agent with continual.enabled=true)")
+    state = json.loads(path.read_text())
+    names = [s["name"] for s in state["stages"]]
+    matrix = np.full((len(names), len(names)), np.nan)
+    for i, row in enumerate(state["rows"]):
+        matrix[i] = row
+    before = np.full(len(names), np.nan) if state["before"] is None else np.array(state["before"])
+    return {"names": names, "envs": [s["eval_task"] for s in state["stages"]], "before": before,
+            "matrix": matrix, "evaluations": state["evaluations"], "notes": state["notes"]}
+
+
+def own_stage_curve(results: dict[str, Any], stage: int) -> list[float]:
+    """Success on task ``stage`` at the evaluations during its own stage's training."""
+    points = sorted((e["position"], e["success"][stage]) for e in results["evaluations"]
+                    if e["stage"] == stage and e["phase"] == "train")
+    return [value for _, value in points]
+
+
+def reference_curves(results: dict[str, Any], references: list[Path]) -> list[list[float]]:
+    """Single-task reference curve of each stage's env, from one-stage continual runs."""
+    curves: dict[str, list[float]] = {}
+    for run in references:
+        ref = load_results(run)
+        for stage, env in enumerate(ref["envs"]):
+            curves.setdefault(env, own_stage_curve(ref, stage))
+    missing = sorted({env for env in results["envs"] if not curves.get(env)})
+    if missing:
+        raise ValueError(f"no reference curve for {missing}: give a single-task run of each")
+    return [curves[env] for env in results["envs"]]
+
+
+def report(run_dir: Path, references: list[Path] = (), logger: Any = None,
+           quiet: bool = False) -> dict[str, Any]:
+    """Print the table, write ``report.json`` and the plots; return the metrics."""
+    from orl.experiment import write_json
+
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    matrix, before = results["matrix"], results["before"]
+    out: dict[str, Any] = {"stages": results["names"], "before": before.tolist(),
+                           "matrix": matrix.tolist(), "notes": results["notes"]}
+    if not np.isnan(matrix[0]).any():  # at least one stage finished
+        metrics = summarize(matrix, before)
+        if references:
+            n = metrics.stages_done
+            curves = [own_stage_curve(results, i) for i in range(n)]
+            transfer = cw_forward_transfer(curves, reference_curves(results, list(references))[:n])
+            metrics = replace(metrics, cw_forward_transfer=transfer)
+        out |= metrics.to_dict()
+    write_json(run_dir / "report.json", out)
+    plots = write_plots(run_dir, results)
+    if not quiet:
+        print_table(results, out)
+        print(f"plots: {', '.join(map(str, plots))}" if plots else PLOTS_HINT)
+    if logger is not None and getattr(logger, "wandb_run", None) is not None and plots:
+        import wandb
+
+        logger.wandb_run.log({f"continual/{p.stem}": wandb.Image(str(p)) for p in plots})
+    return out
+
+
+def print_table(results: dict[str, Any], out: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    matrix, before = results["matrix"], results["before"]
+    n = out.get("stages_done", 0)
+    table = Table("stage", "before", "after own stage", "at the end", "forgetting",
+                  title=f"success ({n}/{len(matrix)} stages done)")
+    for i, name in enumerate(results["names"]):
+        own = matrix[i, i] if i < n else np.nan
+        end = matrix[n - 1, i] if n else np.nan
+        table.add_row(name, *(f"{v:.2f}" if np.isfinite(v) else "-"
+                              for v in (before[i], own, end, own - end if i < n else np.nan)))
+    console = Console()
+    console.print(table)
+    if n:
+        fwt, cw = out["forward_transfer"], out.get("cw_forward_transfer")
+        summary = Table("P", "F", "FWT", "CW forward transfer")
+        summary.add_row(f"{out['performance']:.3f}", f"{out['forgetting']:.3f}",
+                        "-" if fwt is None else f"{fwt:.3f}", "-" if cw is None else f"{cw:.3f}")
+        console.print(summary)
+
+
+def write_plots(run_dir: Path, results: dict[str, Any]) -> list[Path]:
+    """Heatmap of the success matrix and success curves over the sequence (none without
+    matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    from orl.io import atomic_path
+
+    names, matrix = results["names"], results["matrix"]
+    t = len(names)
+    paths = [run_dir / "success_matrix.png", run_dir / "success_curves.png"]
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.5 + 0.55 * t), max(4.0, 2.0 + 0.5 * t)))
+    image = ax.imshow(np.ma.masked_invalid(matrix), vmin=0, vmax=1, cmap="viridis")
+    for i in range(t):
+        for j in range(t):
+            if np.isfinite(matrix[i, j]):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] < 0.5 else "black")
+    ax.set_xticks(range(t), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(t), names, fontsize=7)
+    ax.set_xlabel("evaluated task j")
+    ax.set_ylabel("after training stage i")
+    fig.colorbar(image, ax=ax, label="success R[i][j]")
+    fig.tight_layout()
+    _save(fig, paths[0], atomic_path)
+
+    evaluations = sorted(results["evaluations"], key=lambda e: e["position"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = [0.0, *(e["position"] for e in evaluations)]
+    for j, name in enumerate(names):
+        y = [results["before"][j], *(e["success"][j] for e in evaluations)]
+        ax.plot(x, y, label=name, linewidth=1)
+    for boundary in range(1, t):
+        ax.axvline(boundary, color="grey", linewidth=0.5, linestyle=":")
+    ax.set_xlabel("stage (tasks trained)")
+    ax.set_ylabel("success")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    _save(fig, paths[1], atomic_path)
+    plt.close("all")
+    return paths
+
+
+def _save(fig: Any, path: Path, atomic_path: Any) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    report(args.run_dir, references=args.reference)
+    return 0
+
+
+def add_report_parser(commands: Any) -> None:
+    """Register ``orl report`` on the ``orl`` subcommands."""
+    parser = commands.add_parser("report", help="success matrix, P/F/FWT and plots of a continual run")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--reference", type=Path, nargs="*", default=[],
+                        help="single-task continual runs giving Continual World's forward transfer")
+    parser.set_defaults(func=_cmd_report)

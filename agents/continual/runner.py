@@ -1,0 +1,291 @@
+"""``train-agent`` with ``continual.enabled``: a task sequence learned stage by stage.
+
+Every stage (and every phase of a stage, e.g. CompoFormer's warm-up) is one run of the one
+``Trainer`` in its own folder ``stages/<NN>-<name>/<phase>/``, which resumes within the phase.
+Between phases the agent is saved (``<phase>.done``) and ``continual.json`` records, atomically,
+where the sequence stands, the success of every task before training, after every stage (the
+success matrix) and at every evaluation (the curves). An interrupted run continues with
+``train-agent --resume RUN_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from orl.agents.continual.agent import ContinualAgent, Method
+from orl.agents.continual.stages import Stage, check_stages, load_stage_stores, resolve_stages
+from orl.agents.dt import DataSpec
+from orl.datasets.sampler import SegmentSampler
+from orl.datasets.store import TrajectoryStore
+
+STATE_FILE = "continual.json"
+
+
+def build_continual_agent(cfg: Any, spec: DataSpec, state_mean: np.ndarray,
+                          state_std: np.ndarray) -> ContinualAgent:
+    """The continual agent of experiment config ``cfg`` for stages described by ``spec``."""
+    from orl.agents.continual.methods import build_method
+    from orl.model.dt import DTConfig
+
+    stages = resolve_stages(cfg)
+    model_cfg = DTConfig(obs_dim=spec.obs_dim, act_dim=spec.act_dim,
+                         context_len=cfg.sampler.context_len,
+                         num_action_heads=len(spec.task_names), **asdict(cfg.model))
+    method = build_method(cfg.continual, stages)
+    return ContinualAgent(model_cfg, spec, state_mean, state_std, method)
+
+
+def last_snapshot(run_dir: Path) -> Path:
+    """The agent saved after the last finished phase of the continual run in ``run_dir``."""
+    state = json.loads((Path(run_dir) / STATE_FILE).read_text())
+    if not state["restore"]:
+        raise FileNotFoundError(f"continual run {str(run_dir)!r} has not finished a phase yet")
+    return Path(run_dir) / state["restore"]
+
+
+class ReplaySampler(SegmentSampler):
+    """Segments of stage ``current``, with ``share`` of each batch drawn uniformly from the
+    steps of all earlier stages (the store holds the data of stages ``0 .. current``)."""
+
+    def __init__(self, store: TrajectoryStore, config: Any, seed: int, current: int,
+                 share: float, device: Any = "cpu") -> None:
+        super().__init__(store, config, seed=seed, device=device)
+        self.current = current
+        self.memory = np.flatnonzero(self.steps.task < current)
+        self.memory_size = round(share * self.config.batch_size) if len(self.memory) else 0
+
+    def sample(self, task: int | None = None) -> Any:
+        rows = self.task_steps[self.current]
+        size = self.config.batch_size - self.memory_size
+        starts = rows[self.rng.integers(0, len(rows), size=size)]
+        if self.memory_size:
+            memory = self.memory[self.rng.integers(0, len(self.memory), size=self.memory_size)]
+            starts = np.concatenate([starts, memory])
+        return self.segments(starts)
+
+
+class _StageLogger:
+    """Logs a phase's metrics at ``offset + step`` with the stage index (steps keep rising)."""
+
+    def __init__(self, logger: Any, offset: int, stage: int) -> None:
+        self.logger, self.offset, self.stage = logger, offset, stage
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self.logger.log({**metrics, "continual/stage": self.stage}, self.offset + step)
+
+
+class ContinualRun:
+    """One continual run in ``run_dir``: checks every stage, then trains them in order."""
+
+    def __init__(self, cfg: Any, run_dir: Path, logger: Any = None) -> None:
+        from orl.experiment import check_env_dims, seed_everything
+
+        self.cfg, self.run_dir, self.logger = cfg, Path(run_dir), logger
+        self.stages = check_stages(resolve_stages(cfg))
+        self.stores = load_stage_stores(self.stages)
+        check_env_dims(self.stores[0].obs_dim, self.stores[0].act_dim,
+                       list(dict.fromkeys(s.eval_task for s in self.stages)))
+        seed_everything(cfg.run.seed)
+        stats = [store.state_stats() for store in self.stores]
+        mean = np.stack([m[i] for i, (m, _) in enumerate(stats)])
+        std = np.stack([s[i] for i, (_, s) in enumerate(stats)])
+        targets = [cfg.eval.target_return if cfg.eval.target_return is not None
+                   else float(store.episode_returns.max()) for store in self.stores]
+        first = self.stores[0]
+        self.spec = DataSpec(obs_dim=first.obs_dim, act_dim=first.act_dim,
+                             task_names=[s.name for s in self.stages],
+                             rtg_scale=cfg.sampler.rtg_scale, target_returns=targets)
+        self.agent = build_continual_agent(cfg, self.spec, mean, std)
+        self.device = "cuda" if cfg.train.device == "auto" and torch.cuda.is_available() else (
+            "cpu" if cfg.train.device == "auto" else cfg.train.device)
+        self.state = self._load_state()
+
+    @property
+    def method(self) -> Method:
+        return self.agent.method
+
+    # ----------------------------------------------------------------- state
+    def _load_state(self) -> dict[str, Any]:
+        path = self.run_dir / STATE_FILE
+        if path.is_file():
+            state = json.loads(path.read_text())
+            if state["stages"] != [asdict(s) for s in self.stages]:
+                raise ValueError(f"{path} was written for other stages than the config's")
+            return state
+        return {"stages": [asdict(s) for s in self.stages], "stage": 0, "phases_done": [],
+                "restore": None, "steps_done": 0, "before": None, "rows": [], "evaluations": [],
+                "notes": {}}
+
+    def save_state(self) -> None:
+        from orl.experiment import write_json
+
+        write_json(self.run_dir / STATE_FILE, self.state)
+
+    def stage_dir(self, stage: int) -> Path:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.stages[stage].name)
+        return self.run_dir / "stages" / f"{stage:02d}-{name}"
+
+    def note(self, stage: int, info: dict[str, Any]) -> None:
+        """Record facts about a stage (e.g. CompoFormer's compose-or-grow decision)."""
+        self.state["notes"].setdefault(str(stage), {}).update(info)
+        self.save_state()
+
+    def extra_state(self, stage: int) -> dict[str, Any]:
+        from orl.config import to_dict
+
+        return {"config": to_dict(self.cfg), "data_spec": self.spec.to_dict(), "stage": stage}
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate_all(self) -> np.ndarray:
+        """Success rate of every stage's task with that stage's head, (T,)."""
+        success = np.full(len(self.stages), np.nan)
+        for group in _distinct_env_groups(self.stages):
+            success[group] = self.evaluate_group(group, self.cfg.eval.episodes)
+        return success
+
+    def success_of(self, stage: int, episodes: int) -> float:
+        """Success rate of stage ``stage``'s task in ``episodes`` episodes."""
+        return float(self.evaluate_group([stage], episodes)[0])
+
+    def evaluate_group(self, group: list[int], episodes: int) -> list[float]:
+        """Success of stages ``group`` (all on different envs), evaluated together."""
+        from orl.eval.evaluate import evaluate
+
+        ev = self.cfg.eval
+        envs = [self.stages[i].eval_task for i in group]
+        with torch.no_grad():
+            result = evaluate(self.agent.policy(stages=group, task_names=envs), envs,
+                              episodes=episodes, num_envs=ev.num_envs, seed=self.cfg.run.seed,
+                              vector=ev.vector, max_steps=ev.max_steps, progress=False)
+        for i, task in zip(group, result.tasks):
+            if task.success_rate is None:
+                raise ValueError(f"stage {self.stages[i].name}: env {task.env_id} reports no "
+                                 "info['success']; the success matrix needs it")
+        return [task.success_rate for task in result.tasks]
+
+    def record(self, stage: int, phase: str, step: int, steps: int) -> dict[str, float]:
+        """Evaluate every task and record it as point ``stage + step / steps`` of the curves."""
+        success = self.evaluate_all()
+        key = (stage, phase, step)
+        self.state["evaluations"] = [e for e in self.state["evaluations"]
+                                     if (e["stage"], e["phase"], e["step"]) != key]
+        self.state["evaluations"].append({"stage": stage, "phase": phase, "step": step,
+                                          "position": stage + step / steps,
+                                          "success": success.tolist()})
+        self.save_state()
+        names = [s.name for s in self.stages]
+        return {"eval/success_mean": float(success.mean()),
+                **{f"eval/{n}/success": float(v) for n, v in zip(names, success)}}
+
+    # --------------------------------------------------------------- training
+    def sampler(self, stage: int) -> SegmentSampler:
+        """Stage ``stage``'s data (plus all earlier data for replay methods)."""
+        seed = self.cfg.run.seed + 1000 * stage
+        if self.method.memory_share > 0 and stage > 0:
+            store = TrajectoryStore.concatenate(self.stores[: stage + 1])
+            return ReplaySampler(store, self.cfg.sampler, seed, stage, self.method.memory_share,
+                                 device=self.device)
+        return SegmentSampler(self.stores[stage], self.cfg.sampler, seed=seed, device=self.device)
+
+    def train_phase(self, stage: int, phase: str, steps: int | None = None,
+                    evaluate: bool = True) -> None:
+        """Train the current stage for ``steps`` (default ``train.steps``) with the Trainer in
+        its own folder, resuming it if it was interrupted; nothing if the phase is done."""
+        from orl.train.checkpoint import latest_checkpoint
+        from orl.train.trainer import Trainer
+
+        if phase in self.state["phases_done"]:
+            return
+        train_cfg = replace(self.cfg.train, steps=steps or self.cfg.train.steps)
+        if not evaluate:
+            train_cfg = replace(train_cfg, eval_every=0)
+        self.agent.start_stage(stage)
+        phase_dir = self.stage_dir(stage) / phase
+        logger = (None if self.logger is None
+                  else _StageLogger(self.logger, self.state["steps_done"], stage))
+        evaluator = ((lambda agent, step: self.record(stage, phase, step, train_cfg.steps))
+                     if evaluate else None)
+        trainer = Trainer(self.agent, self.sampler(stage), train_cfg, phase_dir, logger=logger,
+                          evaluator=evaluator, extra_state=self.extra_state(stage),
+                          resume=latest_checkpoint(phase_dir) is not None)
+        trainer.fit()
+        self.phase_done(stage, phase, train_cfg.steps)
+
+    def phase_done(self, stage: int, phase: str, steps: int = 0) -> None:
+        """Save the agent after ``phase`` and record it, so a resume starts from here."""
+        from orl.train.checkpoint import save_checkpoint
+
+        path = self.stage_dir(stage) / f"{phase}.done"
+        save_checkpoint(path, self.agent, state={"extra": self.extra_state(stage)})
+        self.state["phases_done"].append(phase)
+        self.state["restore"] = str(path.relative_to(self.run_dir))
+        self.state["steps_done"] += steps
+        self.save_state()
+
+    def stage_row(self, stage: int) -> list[float]:
+        """Success on every task after ``stage``: its last evaluation, else a fresh one."""
+        done = [e for e in self.state["evaluations"] if e["stage"] == stage]
+        last = max(done, key=lambda e: e["position"]) if done else None
+        if last is None or last["position"] < stage + 1:
+            self.record(stage, "end", 1, 1)
+            last = self.state["evaluations"][-1]
+        return last["success"]
+
+    def run(self) -> dict[str, Any]:
+        """Train the remaining stages; return the metrics of the run."""
+        from orl.agents.continual.report import report
+        from orl.train.checkpoint import load_model_weights
+
+        self.agent.to(self.device)
+        if self.state["restore"]:
+            load_model_weights(self.run_dir / self.state["restore"], self.agent)
+        if self.state["before"] is None:
+            self.state["before"] = self.evaluate_all().tolist()
+            self.save_state()
+        for stage in range(self.state["stage"], len(self.stages)):
+            self.agent.start_stage(stage)
+            self.method.run_stage(self, stage)
+            if "end" not in self.state["phases_done"]:
+                self.method.end_stage(self.agent, stage, self.sampler(stage))
+                self.phase_done(stage, "end")
+            self.state["rows"].append(self.stage_row(stage))
+            self.state |= {"stage": stage + 1, "phases_done": []}
+            self.save_state()
+        return report(self.run_dir, logger=self.logger)
+
+
+def _distinct_env_groups(stages: list[Stage]) -> list[list[int]]:
+    """Stage indices in groups whose envs differ (a task repeated in the sequence, as in OCW20,
+    is evaluated once per group, with the head of that occurrence)."""
+    groups: list[list[int]] = []
+    for stage in stages:
+        group = next((g for g in groups if all(stages[i].eval_task != stage.eval_task for i in g)),
+                     None)
+        if group is None:
+            groups.append([stage.index])
+        else:
+            group.append(stage.index)
+    return groups
+
+
+def run_continual(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """Entry point of ``train()`` for configs with ``continual.enabled`` (a new run, or the
+    continuation of the one in ``run_dir``)."""
+    from orl.experiment import start_run
+
+    run = ContinualRun(cfg, run_dir)  # every stage is checked before anything is written
+    logger = start_run(cfg, run_dir, run.spec)
+    run.logger = logger
+    try:
+        summary = run.run()
+    finally:
+        logger.finish()
+    print(f"run directory: {run_dir}")
+    return summary

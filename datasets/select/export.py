@@ -11,34 +11,29 @@ observation repeats the last stored one (``orl_selection.final_observation`` say
 
 from __future__ import annotations
 
-import shutil
-import uuid
-import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from orl.datasets.generation import STAGING
-from orl.datasets.registry import DatasetExistsError, dataset_dir, datasets_root, minari_root, parse_id
+from orl.datasets.registry import DatasetExistsError, dataset_dir, datasets_root
 from orl.datasets.store import TrajectoryStore
+from orl.datasets.writer import write_dataset
 
 
-def _buffers(store: TrajectoryStore) -> list[Any]:
-    from minari.data_collector.episode_buffer import EpisodeBuffer
-
-    buffers = []
+def _episodes(store: TrajectoryStore) -> Iterator[dict[str, np.ndarray]]:
+    """The store's episodes as :func:`write_dataset` takes them."""
     for e, (lo, hi) in enumerate(zip(store.episode_starts[:-1], store.episode_starts[1:])):
         success = np.zeros(hi - lo + 1, dtype=bool)
         if store.episode_success is not None:
             success[-1] = store.episode_success[e]
-        buffers.append(EpisodeBuffer(
-            id=e, observations=np.concatenate([store.observations[lo:hi], store.observations[hi - 1:hi]]),
-            actions=store.actions[lo:hi], rewards=store.rewards[lo:hi].astype(np.float64),
-            terminations=store.terminals[lo:hi], truncations=store.timeouts[lo:hi],
-            infos={"success": success},
-        ))
-    return buffers
+        yield {
+            "observations": np.concatenate([store.observations[lo:hi], store.observations[hi - 1:hi]]),
+            "actions": store.actions[lo:hi], "rewards": store.rewards[lo:hi].astype(np.float64),
+            "terminations": store.terminals[lo:hi], "truncations": store.timeouts[lo:hi],
+            "success": success,
+        }
 
 
 def export_selection(store: TrajectoryStore, episodes: np.ndarray, dataset_id: str,
@@ -48,9 +43,7 @@ def export_selection(store: TrajectoryStore, episodes: np.ndarray, dataset_id: s
     ``selection`` (JSON-like: method, budget, seed, ...) goes into the metadata with the source
     ids. An existing ``dataset_id`` raises :class:`DatasetExistsError`.
     """
-    import minari
     from gymnasium.spaces import Box
-    from minari.namespace import create_namespace, list_local_namespaces
 
     root = Path(root) if root is not None else datasets_root()
     final = dataset_dir(dataset_id, root)
@@ -71,30 +64,12 @@ def export_selection(store: TrajectoryStore, episodes: np.ndarray, dataset_id: s
         "orl_tasks": {"task_names": [chosen.task_names[t] for t in present],  # tasks with episodes
                       "episode_task": np.searchsorted(present, chosen.episode_task).tolist()},
     }
-    build_root = root / STAGING / f"select-{uuid.uuid4().hex[:8]}"
-    try:
-        with minari_root(build_root), warnings.catch_warnings():
-            # no code permalink, author e-mail or env spec: the data may mix several envs
-            warnings.filterwarnings("ignore", message="`(code_permalink|author_email|eval_env)`")
-            warnings.filterwarnings("ignore", message="env_spec is None")
-            dataset = minari.create_dataset_from_buffers(
-                dataset_id=dataset_id, buffer=_buffers(chosen),
-                observation_space=Box(-np.inf, np.inf, (chosen.obs_dim,), np.float32),
-                action_space=Box(-high, high, (chosen.act_dim,), np.float32),
-                algorithm_name=f"orl select ({selection.get('method', 'unknown')})",
-                author={"orl"},
-                description=(f"{chosen.num_episodes} of {store.num_episodes} episodes of "
-                             f"{', '.join(store.sources) or 'a store'} selected by orl "
-                             "(see metadata 'orl_selection')."),
-            )
-            dataset.storage.update_metadata(metadata)
-        namespace = parse_id(dataset_id)[0]
-        with minari_root(root):
-            if namespace not in list_local_namespaces():
-                create_namespace(namespace)
-        if final.exists():
-            raise DatasetExistsError(f"Dataset {dataset_id!r} appeared while exporting.")
-        (build_root / dataset_id).rename(final)
-    finally:
-        shutil.rmtree(build_root, ignore_errors=True)
-    return final
+    return write_dataset(
+        dataset_id, _episodes(chosen), root, metadata,
+        observation_space=Box(-np.inf, np.inf, (chosen.obs_dim,), np.float32),
+        action_space=Box(-high, high, (chosen.act_dim,), np.float32),
+        algorithm_name=f"orl select ({selection.get('method', 'unknown')})",
+        description=(f"{chosen.num_episodes} of {store.num_episodes} episodes of "
+                     f"{', '.join(store.sources) or 'a store'} selected by orl "
+                     "(see metadata 'orl_selection')."),
+    )

@@ -14,9 +14,9 @@ from orl.datasets.registry import DatasetExistsError, dataset_dir, list_local
 from orl.datasets.sampler import SamplerConfig
 from orl.datasets.select import NTKConfig, dt_features, export_selection, ntk_features, ntk_select
 from orl.datasets.select.cli import METHOD_NAMES
-from orl.datasets.select.export import STAGING
 from orl.datasets.select.ntk import kernel_agent, project, rademacher_rows, reverse_knn
 from orl.datasets.store import TrajectoryStore
+from orl.datasets.writer import STAGING
 
 METHODS = ("disf", "datamask", "ntk", "random", "top-return")
 

@@ -26,6 +26,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +81,8 @@ def save_checkpoint(path: Path, agent: nn.Module, optimizer: torch.optim.Optimiz
     files = {MODEL: agent.state_dict(), TENSORS: state.pop("tensors", {})}
     if optimizer is not None:
         files[OPTIMIZER], state["optimizer"] = _split_optimizer_state(optimizer.state_dict())
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    try:
+    with _atomic_dir(path) as tmp:
+        tmp.mkdir(parents=True)
         for name, tensors in files.items():
             save_file(_storable(tensors), tmp / name)
         state["files"] = {name: _fingerprint(tmp / name) for name in files}
@@ -91,25 +92,14 @@ def save_checkpoint(path: Path, agent: nn.Module, optimizer: torch.optim.Optimiz
             raise TypeError(f"checkpoint state is not JSON-serialisable ({err}); "
                             "put tensors under state['tensors']") from err
         (tmp / STATE).write_text(text)
-        _fsync_tree(tmp)
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
 def copy_checkpoint(source: Path, target: Path) -> Path:
     """Copy a checkpoint directory to ``target`` (e.g. ``final``) atomically."""
     target = Path(target)
-    tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with _atomic_dir(target) as tmp:
         shutil.copytree(source, tmp)
-        _fsync_tree(tmp)
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -190,6 +180,20 @@ def _fsync_tree(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def _atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path for the caller to fill, then fsync it and swap it in for
+    ``target``. On error the temporary directory is removed and ``target`` is left as it was."""
+    tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _replace_dir(source: Path, target: Path) -> None:

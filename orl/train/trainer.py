@@ -153,6 +153,8 @@ class Trainer:
             _param_groups(agent, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
             fused=self.device.type == "cuda",
         )
+        # gradient clipping: each of the agent's clip groups on its own (usually one)
+        self._clip_groups = [[p for p in params if p.requires_grad] for params in agent.clip_groups()]
         loss_fn: nn.Module = _LossModule(agent)
         if self.world_size > 1:
             loss_fn = DistributedDataParallel(
@@ -206,9 +208,8 @@ class Trainer:
         with autocast:
             loss, metrics = self.loss_fn(batch)
         loss.backward()
-        if self.cfg.grad_clip > 0:  # each of the agent's clip groups on its own (usually one)
-            norms = [nn.utils.clip_grad_norm_([p for p in params if p.requires_grad], self.cfg.grad_clip)
-                     for params in self.agent.clip_groups()]
+        if self.cfg.grad_clip > 0:
+            norms = [nn.utils.clip_grad_norm_(params, self.cfg.grad_clip) for params in self._clip_groups]
             metrics = {**metrics, "grad_norm": norms[0]}
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

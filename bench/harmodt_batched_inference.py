@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
-from collections.abc import Callable
 
 import torch
-from harmodt_step import make_agent  # bench/ sibling script
+from harmodt_step import make_agent, seconds_per_call  # bench/ sibling script
 
 from orl.model.layers import Route
 
@@ -58,20 +56,6 @@ def per_task_forwards(agent, w: dict[str, torch.Tensor], tasks: int, envs: int) 
     return torch.cat(outs)
 
 
-def seconds(fn: Callable[[], torch.Tensor], steps: int, device: str) -> float:
-    """Mean seconds per call after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,9 +72,9 @@ def main() -> None:
         batched = one_forward(agent, w)
         looped = per_task_forwards(agent, w, args.tasks, args.envs)
         error = (batched - looped).abs().max().item()
-        batched_s = seconds(lambda: one_forward(agent, w), args.steps, args.device)
-        looped_s = seconds(lambda: per_task_forwards(agent, w, args.tasks, args.envs), args.steps,
-                           args.device)
+        batched_s = seconds_per_call(lambda: one_forward(agent, w), args.steps, args.device)
+        looped_s = seconds_per_call(lambda: per_task_forwards(agent, w, args.tasks, args.envs),
+                                    args.steps, args.device)
     name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     print(f"device {args.device} ({name}), torch {torch.__version__}, {args.tasks} tasks x "
           f"{args.envs} envs, max |difference| of the actions {error:.2e}")

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 from train_throughput import PAPER, Recorder, synthetic_store  # bench/ sibling script
@@ -89,16 +91,22 @@ def baseline_step_seconds(tasks, batch, steps, device) -> float:
                 lin.weight.copy_(torch.where(masks[name][t], restored[key], saved[key]))
         loss.item()
 
-    for i in range(3):
-        step(i % tasks)
+    calls = itertools.count()
+    return seconds_per_call(lambda: step(next(calls) % tasks), steps, device, warmup=3)
+
+
+def seconds_per_call(fn: Callable[[], object], calls: int, device: str, warmup: int = 2) -> float:
+    """Mean wall seconds of ``fn()`` over ``calls`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for i in range(steps):
-        step(i % tasks)
+    for _ in range(calls):
+        fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / calls
 
 
 def main() -> None:

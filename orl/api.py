@@ -47,10 +47,14 @@ def saved_run(path: str | Path) -> tuple[Path, Any, Any, dict[str, Any]]:
 
 def load_trained_agent(path: str | Path, device: str | None = None) -> Any:
     """The agent saved in a checkpoint (or a run dir), weights loaded, in eval mode."""
+    return _agent_of(*saved_run(path), device)
+
+
+def _agent_of(checkpoint: Path, cfg: Any, spec: Any, extra: dict[str, Any], device: str | None) -> Any:
+    """``load_trained_agent`` from what ``saved_run`` read."""
     from orl.agents import build_agent
     from orl.train.checkpoint import load_model_weights
 
-    checkpoint, cfg, spec, extra = saved_run(path)
     num_tasks = len(spec.task_names)
     prompts = None
     if cfg.agent.name in ("prompt_dt", "harmodt") and cfg.sampler.prompt_len > 0:
@@ -84,9 +88,7 @@ def load_agent(path: str | Path, device: str | None = None, with_tasks: bool = F
     gym env of a D4RL file), else the tasks it was trained on. ``task_agnostic`` for agents that
     have such a mode (HarmoDT's merged model, G-HarmoDT's gate).
     """
-    agent = load_trained_agent(path, device)
-    policy = agent.policy(task_agnostic=task_agnostic)
-    if not with_tasks:
-        return policy
-    _, cfg, spec, _ = saved_run(path)
-    return policy, list(cfg.data.eval_tasks) or list(spec.task_names)
+    run = saved_run(path)
+    policy = _agent_of(*run, device).policy(task_agnostic=task_agnostic)
+    _, cfg, spec, _ = run
+    return (policy, list(cfg.data.eval_tasks) or list(spec.task_names)) if with_tasks else policy

@@ -155,11 +155,12 @@ class DTPolicy:
         if self.context_route is not None:
             route = self.context_route(states * self._std[:, None] + self._mean[:, None], valid)
         with eval_mode(self.model):
-            out = self.model(
+            action = self.model(
                 states, self._actions[:, window], self._rtg[:, window],
-                self._timesteps[window].expand(n, k), valid,
-                task=self._task, prompt=self._prompt, route=route, head=self._head,
-            )
-        self._actions[:, pos] = out[:, -1]
+                self._timesteps[window].expand(n, k),
+                valid if t < k - 1 else None,  # a full window: the plain causal mask
+                task=self._task, prompt=self._prompt, route=route, head=self._head, last_only=True,
+            )[:, -1]
+        self._actions[:, pos] = action
         self._step += 1
-        return out[:, -1].cpu().numpy()
+        return action.cpu().numpy()

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from launch import run_parallel
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cpu"
 
@@ -54,26 +52,6 @@ def finished(method: str, seed: int, out: Path) -> bool:
     run = out / f"{method}-s{seed}"
     return (run / ("eval_final.json" if method == "mtdt" else "report.json")).is_file() and (
         method == "mtdt" or json.loads((run / "report.json").read_text()).get("stages_done") == 10)
-
-
-def launch(jobs: list[tuple[str, int]], out: Path, parallel: int, versions: dict[str, int]) -> None:
-    """Run the jobs, ``parallel`` at a time, one torch thread each, at low priority."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    running: list[tuple[subprocess.Popen, str]] = []
-    queue = [j for j in jobs if not finished(*j, out)]
-    while queue or running:
-        while queue and len(running) < parallel:
-            method, seed = queue.pop(0)
-            log = open(out / f"{method}-s{seed}.log", "a")
-            cmd = ["nice", "-n", "10", *command(method, seed, out, versions)]
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
-                            f"{method}-s{seed}"))
-            print(f"started {method}-s{seed}", flush=True)
-        time.sleep(5)
-        for proc, name in list(running):
-            if proc.poll() is not None:
-                running.remove((proc, name))
-                print(f"{name}: exit {proc.returncode}", flush=True)
 
 
 def run_metrics(run: Path, method: str, first: int | None) -> dict | None:
@@ -135,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.summarize:
         versions = {k: int(v) for k, v in (item.split("=") for item in args.version)}
-        launch([(m, s) for s in args.seeds for m in args.methods], args.out, args.parallel, versions)
+        jobs = [(m, s) for s in args.seeds for m in args.methods if not finished(m, s, args.out)]
+        run_parallel([(f"{m}-s{s}", [command(m, s, args.out, versions)]) for m, s in jobs],
+                     args.out, args.parallel)
     print(summarize(args.out, args.first))
     return 0
 

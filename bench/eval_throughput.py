@@ -93,18 +93,17 @@ def raw_steps_per_second(args: argparse.Namespace) -> float:
 
 
 def forward_seconds(model: DecisionTransformer, batch: int, repeats: int = 20) -> float:
-    """Mean time of a bare model forward on a (batch, K) window with left padding."""
+    """Mean time of the bare model forward that ``act`` runs once the window is full: a
+    (batch, K) window without padding, the last step's action only."""
     k = model.cfg.context_len
     device = next(model.parameters()).device
-    mask = torch.ones(batch, k, dtype=torch.bool, device=device)
-    mask[:, : k // 2] = False
     inputs = (torch.randn(batch, k, OBS_DIM, device=device), torch.randn(batch, k, ACT_DIM, device=device),
-              torch.randn(batch, k, device=device), torch.arange(k, device=device).expand(batch, k), mask)
+              torch.randn(batch, k, device=device), torch.arange(k, device=device).expand(batch, k))
     with torch.inference_mode():
-        model(*inputs)
+        model(*inputs, last_only=True)
         start = time.perf_counter()
         for _ in range(repeats):
-            model(*inputs)
+            model(*inputs, last_only=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
     return (time.perf_counter() - start) / repeats

@@ -116,7 +116,8 @@ class CompoFormer(Method):
         return self.module.route(task)
 
     def module_features(self, agent: ContinualAgent, inputs: tuple[torch.Tensor | None, ...],
-                        rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+                        rows: dict[int, torch.Tensor], last_only: bool = False
+                        ) -> dict[int, torch.Tensor]:
         """State-token features of rows ``rows[i]`` of ``inputs`` through module ``i``, for
         every ``i``: one forward pass for all frozen modules (a route per sample), and one that
         keeps its graph for the module in training."""
@@ -124,19 +125,20 @@ class CompoFormer(Method):
         out = {}
         if learning in rows:
             picked = [None if x is None else x[rows[learning]] for x in inputs]
-            out[learning] = agent.model.encode(*picked, route=self.route(learning))
+            out[learning] = agent.model.encode(*picked, route=self.route(learning),
+                                               last_only=last_only)
         frozen = [i for i in rows if i != learning]
         if frozen:
             index = torch.cat([rows[i] for i in frozen])
             route = torch.cat([torch.full_like(rows[i], i) for i in frozen])
             with torch.no_grad():
                 features = agent.model.encode(*(None if x is None else x[index] for x in inputs),
-                                              route=self.route(route))
+                                              route=self.route(route), last_only=last_only)
             out |= dict(zip(frozen, features.split([len(rows[i]) for i in frozen])))
         return out
 
     def actions(self, agent: ContinualAgent, inputs: tuple[torch.Tensor, ...],
-                task: int | torch.Tensor) -> torch.Tensor:
+                task: int | torch.Tensor, last_only: bool = False) -> torch.Tensor:
         size = len(inputs[0])
         task = torch.full((size,), task, device=inputs[0].device) if isinstance(task, int) else task
         plays = {j: self.acts_as(j) for j in torch.unique(task).tolist()}
@@ -146,7 +148,7 @@ class CompoFormer(Method):
             for i in {s, *self.grown_before(s)}:
                 needs.setdefault(i, []).append(task_rows[j])
         rows = {i: torch.cat(parts) for i, parts in needs.items()}
-        found = self.module_features(agent, inputs, rows)
+        found = self.module_features(agent, inputs, rows, last_only)
         # every module's features at their batch positions (rows not needed stay zero)
         features = {i: found[i].new_zeros(size, *found[i].shape[1:]).index_copy(0, rows[i], found[i])
                     for i in found}

@@ -49,10 +49,11 @@ class Method(nn.Module):
         return None
 
     def actions(self, agent: ContinualAgent, inputs: tuple[torch.Tensor, ...],
-                task: int | torch.Tensor) -> torch.Tensor:
+                task: int | torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """Predicted actions (B, K, act_dim) of ``inputs`` = (states, actions, returns_to_go,
-        timesteps, mask) for task(s) ``task``."""
-        return agent.model(*inputs, route=self.route(task), head=task)
+        timesteps, mask) for task(s) ``task``; (B, 1, act_dim) of the last step with
+        ``last_only``."""
+        return agent.model(*inputs, route=self.route(task), head=task, last_only=last_only)
 
     def loss(self, agent: ContinualAgent, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mse = action_mse(agent.batch_actions(batch), batch)
@@ -116,8 +117,9 @@ class ContinualAgent(Agent):
         for p in self.parameters():
             p.requires_grad_(id(p) in ids)
 
-    def actions(self, inputs: tuple[torch.Tensor, ...], task: int | torch.Tensor) -> torch.Tensor:
-        return self.method.actions(self, inputs, task)
+    def actions(self, inputs: tuple[torch.Tensor, ...], task: int | torch.Tensor,
+                last_only: bool = False) -> torch.Tensor:
+        return self.method.actions(self, inputs, task, last_only)
 
     def batch_actions(self, batch: Any) -> torch.Tensor:
         """Predicted actions of a ``SegmentBatch`` whose ``task`` holds stage indices."""
@@ -158,6 +160,7 @@ class _TaskModel(nn.Module):
 
     def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
                 timesteps: torch.Tensor, mask: torch.Tensor | None = None, task: Any = None,
-                prompt: Any = None, route: Any = None, head: Index = None) -> torch.Tensor:
+                prompt: Any = None, route: Any = None, head: Index = None,
+                last_only: bool = False) -> torch.Tensor:
         return self.agent.actions((states, actions, returns_to_go, timesteps, mask),
-                                  0 if head is None else head)
+                                  0 if head is None else head, last_only)

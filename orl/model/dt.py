@@ -113,14 +113,20 @@ class DecisionTransformer(nn.Module):
         task: torch.Tensor | None = None,
         prompt: dict[str, torch.Tensor] | None = None,
         route: Route | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """Hidden states at the state tokens, (B, K, embed_dim)."""
+        """Hidden states at the state tokens, (B, K, embed_dim); with ``last_only`` at the last
+        state token alone, (B, 1, embed_dim), computed with less work: the last action token,
+        which that state token never attends to, is dropped and the final block computes one
+        position (same values as the full forward)."""
         n = self.cfg.tokens_per_step
         b, k, _ = states.shape
         if k > self.cfg.context_len:
             raise ValueError(f"segment of {k} steps exceeds model.context_len={self.cfg.context_len}")
         x = self.embed(states, actions, returns_to_go, timesteps)
         valid = None if mask is None else mask.repeat_interleave(n, dim=1)
+        if last_only:
+            x, valid = x[:, :-1], None if valid is None else valid[:, :-1]
         if prompt is not None:
             if self.prompt_embed is None:
                 raise ValueError("a prompt was given but the model has model.prompt_len=0")
@@ -136,7 +142,9 @@ class DecisionTransformer(nn.Module):
             x = x + self.task_embed(task)[:, None, :]
         x = self.embed_ln(x)
         attn = None if valid is None else attention_mask(valid)
-        h = self.transformer(x, attn, route)
+        h = self.transformer(x, attn, route, last_only)
+        if last_only:
+            return h
         h = h[:, -n * k:]  # drop the prompt positions
         return h.reshape(b, k, n, -1)[:, :, n - 2]  # the state token of every step
 
@@ -151,7 +159,10 @@ class DecisionTransformer(nn.Module):
     def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
                 timesteps: torch.Tensor, mask: torch.Tensor | None = None,
                 task: torch.Tensor | None = None, prompt: dict[str, torch.Tensor] | None = None,
-                route: Route | None = None, head: Index = None) -> torch.Tensor:
-        """Predicted actions (B, K, act_dim)."""
-        features = self.encode(states, actions, returns_to_go, timesteps, mask, task, prompt, route)
+                route: Route | None = None, head: Index = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Predicted actions (B, K, act_dim); with ``last_only`` the last step's alone,
+        (B, 1, act_dim), for less work (see ``encode``)."""
+        features = self.encode(states, actions, returns_to_go, timesteps, mask, task, prompt,
+                               route, last_only)
         return self.predict(features, head)

@@ -24,17 +24,21 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
-                route: Route | None = None) -> torch.Tensor:
-        """``attn_mask``: (B, 1, L, L) bool, True where attention is allowed; None = causal."""
+                route: Route | None = None, last_only: bool = False) -> torch.Tensor:
+        """``attn_mask``: (B, 1, L, L) bool, True where attention is allowed; None = causal.
+        ``last_only``: the output of the last position alone, (B, 1, D)."""
         b, length, _ = x.shape
         q, k, v = self.qkv(x, route).view(b, length, 3, self.n_head, self.head_dim).unbind(2)
+        if last_only:  # the last query sees every key: no causal mask needed
+            q = q[:, -1:]
+            attn_mask = None if attn_mask is None else attn_mask[:, :, -1:]
         y = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
             attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=attn_mask is None,
+            is_causal=attn_mask is None and not last_only,
         )
-        y = y.transpose(1, 2).reshape(b, length, self.n_head * self.head_dim)
+        y = y.transpose(1, 2).reshape(b, q.shape[1], self.n_head * self.head_dim)
         return self.resid_dropout(self.proj(y, route))
 
     def head_columns(self, heads: torch.Tensor) -> torch.Tensor:
@@ -90,8 +94,10 @@ class Block(nn.Module):
         self.mlp = MLP(embed_dim, mlp_ratio * embed_dim, activation, dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
-                route: Route | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask, route)
+                route: Route | None = None, last_only: bool = False) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D), or (B, 1, D) for the last position with ``last_only``."""
+        y = self.attn(self.ln_1(x), attn_mask, route, last_only)
+        x = (x[:, -1:] if last_only else x) + y
         return x + self.mlp(self.ln_2(x), route)
 
 
@@ -110,10 +116,12 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                route: Route | None = None) -> torch.Tensor:
+                route: Route | None = None, last_only: bool = False) -> torch.Tensor:
+        """Hidden states of every position, or with ``last_only`` of the last one (B, 1, D):
+        the final block then computes that position alone (inference of the next action)."""
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, attn_mask, route)
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, route, last_only and i == len(self.blocks) - 1)
         return self.ln_f(x)
 
     def linears(self) -> list[tuple[str, OrlLinear]]:

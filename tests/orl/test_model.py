@@ -83,6 +83,28 @@ def test_task_embedding_prompt_and_heads():
         model(**x, prompt=prompt)
 
 
+@pytest.mark.parametrize("return_conditioned", [True, False])
+@pytest.mark.parametrize("extras", ["plain", "padding", "task_prompt_route"])
+def test_last_only_equals_the_last_step_of_the_full_forward(return_conditioned, extras):
+    """Inference computes only the last state token: the same action as the full forward."""
+    conditioned = {"num_tasks": 3, "prompt_len": 2} if extras == "task_prompt_route" else {}
+    model = tiny(return_conditioned=return_conditioned, **conditioned)
+    x = inputs()
+    if extras == "padding":
+        x["mask"] = torch.tensor([[False, False, True, True, True, True], [True] * 6])
+    if extras == "task_prompt_route":
+        x["prompt"] = {k: v[:, :2] for k, v in inputs(seed=2).items()}
+        x["prompt"]["mask"] = torch.tensor([[False, True], [True, True]])
+        x["task"] = torch.tensor([0, 2])
+        for _, lin in model.transformer.linears():
+            g = torch.Generator().manual_seed(3)
+            lin.set_masks(torch.rand(2, *lin.weight.shape, generator=g) < 0.7)
+        x["route"] = Route(mask=torch.tensor([1, 0]))
+    last = model(**x, last_only=True)
+    assert last.shape == (2, 1, 3)
+    torch.testing.assert_close(last, model(**x)[:, -1:], atol=1e-6, rtol=1e-5)
+
+
 def test_route_reaches_every_block_linear():
     model = tiny()
     linears = model.transformer.linears()

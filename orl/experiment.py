@@ -166,8 +166,15 @@ def make_evaluator(cfg: ExperimentConfig, tasks: list[str], unseen: Any = None):
 
 
 def default_run_name(cfg: ExperimentConfig) -> str:
-    tasks = "+".join(cfg.data.tasks) if not cfg.data.datasets else "custom"
-    return f"{cfg.agent.name}-{tasks}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """``<what>-<tasks>-s<seed>-<time>``; what = the agent, the continual method or the
+    federated strategy."""
+    if cfg.continual.enabled:
+        what = f"continual-{cfg.continual.method}"
+        tasks = "+".join(cfg.continual.tasks) if cfg.continual.tasks else "custom"
+    else:
+        what = f"{cfg.federated.strategy}-{cfg.agent.name}" if cfg.federated.active else cfg.agent.name
+        tasks = "+".join(cfg.data.tasks) if not cfg.data.datasets else "custom"
+    return f"{what}-{tasks}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def save_config(cfg: ExperimentConfig, run_dir: Path) -> None:

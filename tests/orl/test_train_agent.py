@@ -117,3 +117,18 @@ def test_existing_run_dir_is_not_overwritten(tmp_path, data, capsys):
     assert "--resume" in capsys.readouterr().err
     after = (tmp_path / "runs" / "tiny" / "checkpoints" / "final" / "model.safetensors").read_bytes()
     assert before == after
+
+
+@pytest.mark.parametrize("overrides, prefix", [
+    ([], "mtdt-MT10-s3-"),
+    (["continual.enabled=true", "continual.tasks=[OCW10]", "continual.method=ewc"],
+     "continual-ewc-OCW10-s3-"),
+    (["federated.strategy=fedskip", "federated.rounds=6"], "fedskip-mtdt-MT10-s3-"),
+])
+def test_default_run_name_says_what_runs(overrides, prefix):
+    from orl.config.experiment import ExperimentConfig
+    from orl.config.loader import load_config
+    from orl.experiment import default_run_name
+
+    cfg = load_config(ExperimentConfig, None, ["run.seed=3", "agent.name=mtdt", *overrides])
+    assert default_run_name(cfg).startswith(prefix)

@@ -60,8 +60,9 @@ class DTAgent(Agent):
             return None
         return {name: getattr(self, f"prompt_{name}") for name in self.prompt_fields}
 
-    def route(self, task: torch.Tensor) -> Route | None:
-        """Masks/adapters each sample uses, from its task index; plain DTs use none."""
+    def route(self, task: int | torch.Tensor) -> Route | None:
+        """Masks/adapters each sample uses, from its task index (one for the batch, or (B,));
+        plain DTs use none."""
         return None
 
     def forward_batch(self, batch: Any, route: Route | None = None) -> torch.Tensor:
@@ -80,7 +81,7 @@ class DTAgent(Agent):
         )
 
     def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = action_mse(self.forward_batch(batch, self.route(batch.task)), batch)
+        loss = action_mse(self.forward_batch(batch, self.route(batch.tasks)), batch)
         return loss, {"action_mse": loss.detach()}
 
     def policy(self, target_returns: list[float] | None = None, device: str | None = None,

@@ -7,9 +7,11 @@ Each run is ``train-agent --config configs/cpu/ocw10_<method>_small.yaml run.see
 ``--out/<method>-s<S>`` (an existing run is resumed, a finished one skipped); ``--version
 TASK=V`` takes that task's dataset from version V. ``mtdt`` is the multi-task upper bound
 (``configs/cpu/ocw10_mtdt_small.yaml``; its final success is its P).
-The summary is a markdown table of P, F and FWT (mean and per seed) from each run's success
-matrix (``eval_final.json`` for mtdt); ``--first N`` compares the first N tasks of runs that got
-that far (``R[:N, :N]``).
+The method ``reference`` runs every OCW10 task alone from scratch (the finetune config, in
+``--out/references``): the single-task reference curves of Continual World's forward transfer.
+The summary is a markdown table of P, F, FWT and, once the references of a seed are there, the
+CW forward transfer (mean and per seed) from each run's success matrix (``eval_final.json`` for
+mtdt); ``--first N`` compares the first N tasks of runs that got that far (``R[:N, :N]``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,42 @@ def command(method: str, seed: int, out: Path, versions: dict[str, int]) -> list
             *data_override(method, versions)]
 
 
+def reference_jobs(seeds: list[int], out: Path) -> list[tuple[str, list[list[str]]]]:
+    """Single-task reference runs for Continual World's forward transfer: each OCW10 task
+    learnt alone from scratch with the finetune config, in ``out/references/<task>-s<seed>``."""
+    from orl.envs.benchmarks import OCW10
+
+    jobs = []
+    for seed in seeds:
+        for task in OCW10:
+            run = out / "references" / f"{task}-s{seed}"
+            if (run / "report.json").is_file():
+                continue
+            cmd = (["train-agent", "--resume", str(run)] if (run / "config.yaml").is_file() else
+                   ["train-agent", "--config", str(CONFIGS / "ocw10_finetune_small.yaml"),
+                    f"continual.tasks=[{task}]", f"run.seed={seed}",
+                    f"run.out_dir={run.parent}", f"run.name={run.name}"])
+            jobs.append((f"reference-{task}-s{seed}", [cmd]))
+    return jobs
+
+
+def cw_transfer(run: Path, seed: int, stages: int) -> float | None:
+    """Continual World's forward transfer of the first ``stages`` tasks against the reference
+    runs of the same seed, when they are all there."""
+    from orl.agents.continual.metrics import cw_forward_transfer
+    from orl.agents.continual.report import load_results, own_stage_curve, reference_curves
+
+    refs = sorted((run.parent / "references").glob(f"*-s{seed}"))
+    if not refs:
+        return None
+    results = load_results(run)
+    try:
+        references = reference_curves(results, refs)[:stages]
+    except ValueError:  # not every task has its reference yet
+        return None
+    return cw_forward_transfer([own_stage_curve(results, i) for i in range(stages)], references)
+
+
 def finished(method: str, seed: int, out: Path) -> bool:
     run = out / f"{method}-s{seed}"
     return (run / ("eval_final.json" if method == "mtdt" else "report.json")).is_file() and (
@@ -71,7 +109,8 @@ def run_metrics(run: Path, method: str, first: int | None) -> dict | None:
     k = first or len(before)
     if np.isnan(matrix[:k]).any():
         return None
-    return summarize(matrix[:k, :k], before[:k]).to_dict()
+    seed = int(run.name.rpartition("-s")[2])
+    return summarize(matrix[:k, :k], before[:k]).to_dict() | {"cw": cw_transfer(run, seed, k)}
 
 
 def summarize(out: Path, first: int | None = None) -> str:
@@ -87,13 +126,14 @@ def summarize(out: Path, first: int | None = None) -> str:
         values = [v for v in values if v is not None]
         return "-" if not values else f"{np.mean(values):.2f} ± {np.std(values):.2f}"
 
-    lines = ["| method | seeds | P | F | FWT | P per seed |", "|---|---|---|---|---|---|"]
+    lines = ["| method | seeds | P | F | FWT | CW FT | P per seed |", "|---|---|---|---|---|---|---|"]
     for method, reports in sorted(rows.items(), key=lambda kv: -np.mean(
             [r["performance"] for r in kv[1]])):
         per_seed = ", ".join(f"{r['performance']:.2f}" for r in sorted(reports, key=lambda r: r["seed"]))
         lines.append(f"| {method} | {len(reports)} | {stat([r['performance'] for r in reports])} | "
                      f"{stat([r.get('forgetting') for r in reports])} | "
-                     f"{stat([r.get('forward_transfer') for r in reports])} | {per_seed} |")
+                     f"{stat([r.get('forward_transfer') for r in reports])} | "
+                     f"{stat([r.get('cw') for r in reports])} | {per_seed} |")
     return "\n".join(lines)
 
 
@@ -113,9 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.summarize:
         versions = {k: int(v) for k, v in (item.split("=") for item in args.version)}
-        jobs = [(m, s) for s in args.seeds for m in args.methods if not finished(m, s, args.out)]
-        run_parallel([(f"{m}-s{s}", [command(m, s, args.out, versions)]) for m, s in jobs],
-                     args.out, args.parallel)
+        runs = [(m, s) for s in args.seeds for m in args.methods if m != "reference"
+                and not finished(m, s, args.out)]
+        jobs = [(f"{m}-s{s}", [command(m, s, args.out, versions)]) for m, s in runs]
+        if "reference" in args.methods:
+            jobs += reference_jobs(args.seeds, args.out)
+        run_parallel(jobs, args.out, args.parallel)
     print(summarize(args.out, args.first))
     return 0
 

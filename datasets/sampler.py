@@ -67,15 +67,23 @@ class SegmentBatch:
     prompt_returns_to_go: torch.Tensor | None = None  # (B, P)
     prompt_timesteps: torch.Tensor | None = None  # (B, P)
     prompt_mask: torch.Tensor | None = None  # (B, P)
+    # the one task of every sample when the sampler drew the batch from a single task (round
+    # robin, or a task asked for): known on the host, so no device sync is needed to find it
+    task_id: int | None = None
 
     def to(self, device: torch.device | str) -> SegmentBatch:
         """A copy with every tensor on ``device``."""
         moved = {
             f.name: getattr(self, f.name).to(device)
             for f in fields(self)
-            if getattr(self, f.name) is not None
+            if isinstance(getattr(self, f.name), torch.Tensor)
         }
         return replace(self, **moved)
+
+    @property
+    def tasks(self) -> int | torch.Tensor:
+        """``task_id`` when the batch has a single task known on the host, else ``task`` (B,)."""
+        return self.task if self.task_id is None else self.task_id
 
 
 def returns_to_go(store: TrajectoryStore, gamma: float) -> np.ndarray:
@@ -231,15 +239,23 @@ class SegmentSampler:
         if len(self.task_steps[task]) == 0:
             raise ValueError(f"task {task} ({self.store.task_names[task]!r}) has no episodes")
 
-    def draw_starts(self, task: int | None = None) -> np.ndarray:
-        """(B,) start steps: uniform over the steps of ``task``, or as ``task_mode`` says."""
-        size = self.config.batch_size
+    def batch_task(self, task: int | None = None) -> int | None:
+        """The one task the next batch comes from (``task``, or the next in the round robin,
+        which this advances), or None for a batch mixing tasks (``task_mode: mixed``)."""
         if task is None and self.config.task_mode == "mixed":
-            return self.rng.integers(0, self.store.num_steps, size=size)
+            return None
         if task is None:
             task = self.tasks_with_data[self.round_robin]
             self.round_robin = (self.round_robin + 1) % len(self.tasks_with_data)
         self.check_task(task)
+        return int(task)
+
+    def draw_starts(self, task: int | None = None) -> np.ndarray:
+        """(B,) start steps: uniform over the steps of ``task``, or as ``task_mode`` says."""
+        size = self.config.batch_size
+        task = self.batch_task(task)
+        if task is None:
+            return self.rng.integers(0, self.store.num_steps, size=size)
         rows = self.task_steps[task]
         return rows[self.rng.integers(0, len(rows), size=size)]
 
@@ -284,7 +300,9 @@ class SegmentSampler:
 
     def sample(self, task: int | None = None) -> SegmentBatch:
         """One batch: all from ``task`` if given, else per ``task_mode``."""
-        return self.segments(self.draw_starts(task))
+        task = self.batch_task(task)
+        batch = self.segments(self.draw_starts(task))
+        return batch if task is None else replace(batch, task_id=task)
 
     def __iter__(self) -> Iterator[SegmentBatch]:
         while True:

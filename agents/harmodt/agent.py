@@ -104,7 +104,7 @@ class HarmoDTAgent(DTAgent):
         self.register_buffer("grouped", torch.tensor(False))
         self.gate = (GroupGate(spec.obs_dim, cfg.num_groups, *pooled_stats(self.state_mean, self.state_std))
                      if cfg.num_groups else None)
-        self.last_task: torch.Tensor | None = None  # tasks of the batch being trained on
+        self.last_task: int | torch.Tensor | None = None  # task(s) of the batch being trained on
 
     def masked_linears(self) -> dict[str, OrlLinear]:
         return dict(self.model.transformer.linears())
@@ -148,7 +148,7 @@ class HarmoDTAgent(DTAgent):
         """The merged (task-agnostic) mask for every sample."""
         return Route(mask=self.merged_index)
 
-    def route(self, task: torch.Tensor) -> Route:
+    def route(self, task: int | torch.Tensor) -> Route:
         return Route(mask=task)
 
     def context_route(self) -> Any:
@@ -175,7 +175,7 @@ class HarmoDTAgent(DTAgent):
         return torch.stack([torch.nonzero(groups == g)[0, 0] for g in range(int(groups.max()) + 1)])
 
     def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        self.last_task = batch.task
+        self.last_task = batch.tasks
         loss, metrics = super().loss(batch)
         if self.gate is None:
             return loss, metrics
@@ -225,9 +225,13 @@ class KeepMaskedOutWeights(Callback):
 
     @torch.no_grad()
     def _restore(self, *_: Any) -> None:
-        tasks = torch.unique(self.agent.last_task)  # one task under round robin
+        task = self.agent.last_task  # one task (an int) under round robin
         for name, lin in self.agent.masked_linears().items():
-            trained = lin.masks[tasks].any(dim=0)
+            if isinstance(task, int):
+                trained = lin.masks[task]
+            else:  # the union of the batch's task masks, without a host sync
+                present = torch.zeros(len(lin.masks), dtype=torch.bool, device=lin.masks.device)
+                trained = (lin.masks & present.index_fill(0, task, True)[:, None, None]).any(dim=0)
             lin.weight.copy_(torch.where(trained, lin.weight, self.saved[name]))
         self.saved = {}
 

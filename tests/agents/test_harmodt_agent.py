@@ -1,5 +1,7 @@
 """HarmoDT wired into the one Trainer: masked inner level, mask updates, checkpoints."""
 
+from dataclasses import replace
+
 import h5py
 import numpy as np
 import pytest
@@ -56,8 +58,9 @@ class CheckMaskedOutUnchanged(Callback):
         trainer.optimizer.register_step_pre_hook(self.snapshot)
 
     def snapshot(self, *_):
-        task = int(self.agent.last_task[0])
-        self.before = {n: (lin.weight.detach().clone(), lin.masks[task].clone())
+        tasks = self.agent.last_task  # round robin: one task, known on the host
+        tasks = torch.unique(tasks) if isinstance(tasks, torch.Tensor) else torch.tensor([tasks])
+        self.before = {n: (lin.weight.detach().clone(), lin.masks[tasks].any(dim=0))
                        for n, lin in self.agent.masked_linears().items()}
 
     def on_step(self, trainer, step):
@@ -75,6 +78,33 @@ def test_weights_outside_the_task_mask_never_move(tmp_path):
                       checkpoint_every=0)
     Trainer(agent, sampler, cfg, tmp_path, callbacks=[check]).fit()
     assert check.checked == 12
+
+
+def test_mixed_task_batches_move_only_weights_in_their_tasks_masks(tmp_path):
+    agent, sampler = harmodt(variant="R")
+    sampler.config.task_mode = "mixed"
+    check = CheckMaskedOutUnchanged(agent)
+    cfg = TrainConfig(steps=6, lr=1e-2, warmup_steps=1, log_every=3, checkpoint_every=0)
+    Trainer(agent, sampler, cfg, tmp_path, callbacks=[check]).fit()
+    assert isinstance(agent.last_task, torch.Tensor) and len(torch.unique(agent.last_task)) == 2
+
+
+def test_single_task_batches_carry_their_task_and_the_loss_is_one_graph():
+    """Round-robin batches name their task on the host, so the HarmoDT loss needs no host sync
+    (torch.unique) and compiles to one graph: the step can be captured (CUDA graphs)."""
+    agent, sampler = harmodt()
+    batch = sampler.sample()
+    assert batch.task_id == 0 and torch.equal(batch.task, torch.zeros(8, dtype=torch.long))
+    assert sampler.sample().task_id == 1 and sampler.sample(task=1).task_id == 1
+    torch.manual_seed(1)  # the same dropout draws
+    expected, _ = agent.loss(batch)
+    compiled = torch.compile(agent.loss, fullgraph=True, backend="eager")
+    torch.manual_seed(1)
+    torch.testing.assert_close(compiled(batch)[0], expected)
+    assert agent.last_task == 0
+    mixed = replace(batch, task_id=None)
+    with pytest.raises(Exception, match="unique|data-dependent|Unsupported"):
+        torch.compile(agent.loss, fullgraph=True, backend="eager")(mixed)
 
 
 def test_mask_updates_keep_sparsity_and_change_masks(tmp_path):

@@ -81,8 +81,10 @@ def assert_batches_equal(a: SegmentBatch, b: SegmentBatch):
     for name in SegmentBatch.__dataclass_fields__:
         x, y = getattr(a, name), getattr(b, name)
         assert (x is None) == (y is None), name
-        if x is not None:
+        if isinstance(x, torch.Tensor):
             assert torch.equal(x, y), name
+        else:
+            assert x == y, name
 
 
 @pytest.mark.parametrize(

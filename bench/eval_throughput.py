@@ -5,9 +5,11 @@ episodes capped at ``--max-steps``) through ``evaluate``; the random policy's ti
 stepping plus the evaluator's bookkeeping, so the difference is what DT inference adds (the
 overhead). The same envs stepped in a plain loop with random actions show what ``evaluate``
 itself costs. ``act`` is timed inside the runs, and the bare model forward on a batch of the same
-shape shows what ``act`` adds around the model. The model (embed 256, 6 layers, 8 heads, K 20,
-obs 39, act 4) is randomly initialised: its cost does not depend on the weights. Runs alternate
-in rounds so that load from other processes hits all alike; medians are reported.
+shape shows what ``act`` adds around the model: the last-step forward that ``act`` runs, and the
+full forward over every step of the window that it would cost without ``last_only``. The model
+(embed 256, 6 layers, 8 heads, K 20, obs 39, act 4) is randomly initialised: its cost does not
+depend on the weights. Runs alternate in rounds so that load from other processes hits all
+alike; medians are reported.
 
     python bench/eval_throughput.py --task reach-v3 --num-envs 10 --max-steps 100 --threads 2 1
 """
@@ -92,18 +94,20 @@ def raw_steps_per_second(args: argparse.Namespace) -> float:
     return args.num_envs * args.max_steps / seconds
 
 
-def forward_seconds(model: DecisionTransformer, batch: int, repeats: int = 20) -> float:
-    """Mean time of the bare model forward that ``act`` runs once the window is full: a
-    (batch, K) window without padding, the last step's action only."""
+def forward_seconds(model: DecisionTransformer, batch: int, last_only: bool, repeats: int = 20) -> float:
+    """Mean time of a bare model forward on a full (batch, K) window: with ``last_only`` the
+    last step's action alone without a padding mask (what ``act`` runs once K steps were
+    played), else every step's action through an explicit mask (the plain full forward)."""
     k = model.cfg.context_len
     device = next(model.parameters()).device
     inputs = (torch.randn(batch, k, OBS_DIM, device=device), torch.randn(batch, k, ACT_DIM, device=device),
-              torch.randn(batch, k, device=device), torch.arange(k, device=device).expand(batch, k))
+              torch.randn(batch, k, device=device), torch.arange(k, device=device).expand(batch, k),
+              None if last_only else torch.ones(batch, k, dtype=torch.bool, device=device))
     with torch.inference_mode():
-        model(*inputs, last_only=True)
+        model(*inputs, last_only=last_only)
         start = time.perf_counter()
         for _ in range(repeats):
-            model(*inputs, last_only=True)
+            model(*inputs, last_only=last_only)
         if device.type == "cuda":
             torch.cuda.synchronize()
     return (time.perf_counter() - start) / repeats
@@ -153,24 +157,26 @@ def main() -> None:
     print(f"task {args.task}, {args.num_envs} envs ({args.vector}), {args.max_steps} steps per "
           f"episode; DT embed {args.embed_dim}, {args.n_layer} layers, {args.n_head} heads, "
           f"K {args.context_len}, {params / 1e6:.2f}M parameters; median of {args.rounds} rounds\n")
-    print("| torch threads | policy | env steps/s | act ms/step | model forward ms | overhead vs random |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print("| torch threads | policy | env steps/s | act ms/step | last-step forward ms | "
+          "full forward ms | overhead vs random |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     warm_up = argparse.Namespace(**{**vars(args), "max_steps": 2})
     for n in threads:
         torch.set_num_threads(n)
         run(random, warm_up), run(dt, warm_up)  # Meta-World goal variations, spaces, torch
         rates: dict[str, list[tuple[float, float]]] = {"random": [], "DT": []}
-        raw, forward = [], []
+        raw, forward, full = [], [], []
         for _ in range(args.rounds):
             raw.append(raw_steps_per_second(args))
             rates["random"].append(run(random, args))
             rates["DT"].append(run(dt, args))
-            forward.append(forward_seconds(model, args.num_envs))
+            forward.append(forward_seconds(model, args.num_envs, last_only=True))
+            full.append(forward_seconds(model, args.num_envs, last_only=False))
         (base, base_act), (dt_rate, dt_act) = (np.median(rates[p], axis=0) for p in ("random", "DT"))
-        forward_ms = 1e3 * float(np.median(forward))
-        print(f"| {n} | random, plain loop without evaluate | {np.median(raw):.0f} | - | - | - |")
-        print(f"| {n} | random | {base:.0f} | {1e3 * base_act:.2f} | - | - |")
-        print(f"| {n} | DT | {dt_rate:.0f} | {1e3 * dt_act:.2f} | {forward_ms:.2f} | "
+        forward_ms, full_ms = (1e3 * float(np.median(t)) for t in (forward, full))
+        print(f"| {n} | random, plain loop without evaluate | {np.median(raw):.0f} | - | - | - | - |")
+        print(f"| {n} | random | {base:.0f} | {1e3 * base_act:.2f} | - | - | - |")
+        print(f"| {n} | DT | {dt_rate:.0f} | {1e3 * dt_act:.2f} | {forward_ms:.2f} | {full_ms:.2f} | "
               f"{100 * (base / dt_rate - 1):+.0f}% |")
     torch.set_num_threads(default_threads)
 

@@ -71,11 +71,12 @@ def reference_jobs(seeds: list[int], out: Path) -> list[tuple[str, list[list[str
 
 def cw_transfer(run: Path, seed: int, stages: int) -> float | None:
     """Continual World's forward transfer of the first ``stages`` tasks against the reference
-    runs of the same seed, when they are all there."""
+    runs (those of the same seed first, then any other seed's), when every task has one."""
     from orl.agents.continual.metrics import cw_forward_transfer
     from orl.agents.continual.report import load_results, own_stage_curve, reference_curves
 
-    refs = sorted((run.parent / "references").glob(f"*-s{seed}"))
+    refs = sorted((run.parent / "references").glob("*-s*"),
+                  key=lambda ref: (not ref.name.endswith(f"-s{seed}"), ref.name))
     if not refs:
         return None
     results = load_results(run)

@@ -184,8 +184,8 @@ def test_round_robin_cycles_tasks_with_episodes():
     sampler = SegmentSampler(store, SamplerConfig(task_mode="round_robin", batch_size=16))
     seen = []
     for _, batch in zip(range(7), sampler):
-        assert len(batch.task.unique()) == 1
-        seen.append(batch.task[0].item())
+        assert len(batch.task.unique()) == 1 and batch.tasks == batch.task_id == batch.task[0]
+        seen.append(batch.task_id)
     assert seen == [0, 1, 3, 0, 1, 3, 0]  # task 2 has no episodes
 
 
@@ -194,10 +194,12 @@ def test_sample_given_task():
     for mode in ("mixed", "round_robin"):
         sampler = SegmentSampler(store, SamplerConfig(task_mode=mode, batch_size=64))
         for t in (2, 0, 1):
-            assert torch.all(sampler.sample(task=t).task == t)
+            batch = sampler.sample(task=t)
+            assert torch.all(batch.task == t) and batch.task_id == t
         assert sampler.state_dict()["round_robin"] == 0  # an explicit task leaves the cycle
     mixed = SegmentSampler(store, SamplerConfig(batch_size=256)).sample()
     assert set(mixed.task.tolist()) == {0, 1, 2}
+    assert mixed.task_id is None and mixed.tasks is mixed.task and mixed.to("cpu").task_id is None
 
 
 def test_same_seed_same_batches_other_seed_differs():

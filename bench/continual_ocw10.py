@@ -75,7 +75,8 @@ def cw_transfer(run: Path, seed: int, stages: int) -> float | None:
     from orl.agents.continual.metrics import cw_forward_transfer
     from orl.agents.continual.report import load_results, own_stage_curve, reference_curves
 
-    refs = sorted((run.parent / "references").glob("*-s*"),
+    refs = sorted((ref for ref in (run.parent / "references").glob("*-s*")
+                   if (ref / "report.json").is_file()),  # finished ones
                   key=lambda ref: (not ref.name.endswith(f"-s{seed}"), ref.name))
     if not refs:
         return None
@@ -138,6 +139,24 @@ def summarize(out: Path, first: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def diagonals(out: Path) -> str:
+    """Markdown table: each finished run's success right after every task's stage (``R[i][i]``)
+    and after the last stage (``R[T-1][i]``)."""
+    from orl.agents.continual.report import load_results
+
+    lines = ["| run | R[i][i], i = 0..T-1 | R[T-1][i] |", "|---|---|---|"]
+    for run in sorted(p for p in out.iterdir() if (p / "continual.json").is_file()):
+        matrix = load_results(run)["matrix"]
+        if np.isnan(matrix).any():
+            continue
+
+        def row(values: np.ndarray) -> str:
+            return " ".join(f"{v:.1f}".removeprefix("0").replace(".0", "") or "0" for v in values)
+
+        lines.append(f"| {run.name} | {row(np.diag(matrix))} | {row(matrix[-1])} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["finetune", "packnet", "compoformer_grow",
@@ -148,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", nargs="*", default=[], metavar="TASK=V",
                         help="dataset version of some tasks, e.g. shelf-place-v3=1 (default 0)")
     parser.add_argument("--summarize", action="store_true", help="only print the table")
+    parser.add_argument("--diagonals", action="store_true",
+                        help="also print R[i][i] and the last row of every finished run")
     parser.add_argument("--first", type=int, default=None,
                         help="metrics of the first N tasks only (runs that finished N stages)")
     args = parser.parse_args(argv)
@@ -161,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             jobs += reference_jobs(args.seeds, args.out)
         run_parallel(jobs, args.out, args.parallel)
     print(summarize(args.out, args.first))
+    if args.diagonals:
+        print("\n" + diagonals(args.out))
     return 0
 
 

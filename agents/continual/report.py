@@ -35,10 +35,12 @@ def load_results(run_dir: Path) -> dict[str, Any]:
 
 
 def own_stage_curve(results: dict[str, Any], stage: int) -> list[float]:
-    """Success on task ``stage`` at the evaluations during its own stage's training."""
-    points = sorted((e["position"], e["success"][stage]) for e in results["evaluations"]
-                    if e["stage"] == stage and e["phase"] == "train")
-    return [value for _, value in points]
+    """Success on task ``stage`` at the evaluations during its own stage's training; a stage
+    that trained nothing (CompoFormer composed it from an earlier policy) has the one point of
+    its end-of-stage evaluation."""
+    own = [e for e in results["evaluations"] if e["stage"] == stage]
+    trained = [e for e in own if e["phase"] == "train"]
+    return [e["success"][stage] for e in sorted(trained or own, key=lambda e: e["position"])]
 
 
 def reference_curves(results: dict[str, Any], references: list[Path]) -> list[list[float]]:

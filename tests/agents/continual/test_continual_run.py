@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from orl.agents.continual.metrics import cw_forward_transfer
+from orl.agents.continual.report import load_results, own_stage_curve
 from orl.agents.continual.runner import ContinualRun
 from orl.api import load_trained_agent
 from orl.cli import main as orl_main
@@ -86,6 +87,10 @@ def test_compose_when_an_earlier_policy_solves_the_task(toys, tmp_path):
     assert (run / "stages" / "02-s2" / "train").is_dir()
     rows = json.loads((run / "continual.json").read_text())["rows"]
     assert rows[2] == [1.0, 1.0, 1.0]
+    # the composed task's curve (Continual World's forward transfer) is its end-of-stage success
+    results = load_results(run)
+    assert own_stage_curve(results, 1) == [rows[1][1]] == [1.0]
+    assert len(own_stage_curve(results, 2)) >= 1
 
 
 @pytest.mark.parametrize(

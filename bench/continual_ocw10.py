@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from launch import run_parallel
+from launch import run_parallel, train_command
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cpu"
 
@@ -42,12 +42,9 @@ def data_override(method: str, versions: dict[str, int], level: str = "expert") 
 
 
 def command(method: str, seed: int, out: Path, versions: dict[str, int]) -> list[str]:
-    run = out / f"{method}-s{seed}"
-    if (run / "config.yaml").is_file():
-        return ["train-agent", "--resume", str(run)]
-    return ["train-agent", "--config", str(CONFIGS / f"ocw10_{method}_small.yaml"),
-            f"run.seed={seed}", f"run.out_dir={out}", f"run.name={method}-s{seed}",
-            *data_override(method, versions)]
+    return train_command(out / f"{method}-s{seed}", [
+        "--config", str(CONFIGS / f"ocw10_{method}_small.yaml"), f"run.seed={seed}",
+        *data_override(method, versions)])
 
 
 def reference_jobs(seeds: list[int], out: Path) -> list[tuple[str, list[list[str]]]]:
@@ -61,10 +58,8 @@ def reference_jobs(seeds: list[int], out: Path) -> list[tuple[str, list[list[str
             run = out / "references" / f"{task}-s{seed}"
             if (run / "report.json").is_file():
                 continue
-            cmd = (["train-agent", "--resume", str(run)] if (run / "config.yaml").is_file() else
-                   ["train-agent", "--config", str(CONFIGS / "ocw10_finetune_small.yaml"),
-                    f"continual.tasks=[{task}]", f"run.seed={seed}",
-                    f"run.out_dir={run.parent}", f"run.name={run.name}"])
+            cmd = train_command(run, ["--config", str(CONFIGS / "ocw10_finetune_small.yaml"),
+                                      f"continual.tasks=[{task}]", f"run.seed={seed}"])
             jobs.append((f"reference-{task}-s{seed}", [cmd]))
     return jobs
 

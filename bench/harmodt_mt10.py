@@ -21,7 +21,7 @@ import argparse
 import re
 from pathlib import Path
 
-from launch import run_parallel
+from launch import run_parallel, train_command
 
 COMMON = ["data.generate_missing=false", "model.embed_dim=64", "model.n_layer=2", "model.n_head=2",
           "sampler.batch_size=16", "sampler.rtg_scale=1000.0", "train.steps=3000", "train.lr=1e-3",
@@ -52,11 +52,7 @@ def commands(method: str, seed: int, args: argparse.Namespace) -> list[list[str]
             f"data.version={args.version}"]
     if args.unseen:
         data.append(f"data.unseen_tasks=[{', '.join(args.unseen)}]")
-    train = ["train-agent", *COMMON, *data, *method_overrides(method), f"run.seed={seed}",
-             f"run.out_dir={args.out}", f"run.name={run.name}"]
-    if (run / "config.yaml").is_file():
-        train = ["train-agent", "--resume", str(run)]
-    jobs = [train]
+    jobs = [train_command(run, [*COMMON, *data, *method_overrides(method), f"run.seed={seed}"])]
     if "harmodt" in method and not method.startswith("harmodt-R"):
         jobs.append(["orl", "eval", str(run), "--task-agnostic", "--seed", str(seed),
                      "--json", str(run / "eval_task_agnostic.json")])

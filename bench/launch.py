@@ -13,6 +13,14 @@ import time
 from pathlib import Path
 
 
+def train_command(run: Path, overrides: list[str]) -> list[str]:
+    """``train-agent`` for run directory ``run``: ``--resume`` if it was started, else a new run
+    there with ``overrides`` (``run.out_dir``/``run.name`` are added)."""
+    if (run / "config.yaml").is_file():
+        return ["train-agent", "--resume", str(run)]
+    return ["train-agent", *overrides, f"run.out_dir={run.parent}", f"run.name={run.name}"]
+
+
 def run_parallel(jobs: list[tuple[str, list[list[str]]]], logs: Path, parallel: int) -> None:
     """Run ``jobs`` (name, commands run one after another) ``parallel`` at a time, logging to
     ``logs/<name>.log``. A job stops at its first failing command."""

@@ -252,8 +252,11 @@ class SegmentSampler:
 
     def draw_starts(self, task: int | None = None) -> np.ndarray:
         """(B,) start steps: uniform over the steps of ``task``, or as ``task_mode`` says."""
+        return self._starts(self.batch_task(task))
+
+    def _starts(self, task: int | None) -> np.ndarray:
+        """(B,) start steps: uniform over the steps of ``task`` (None: of the whole store)."""
         size = self.config.batch_size
-        task = self.batch_task(task)
         if task is None:
             return self.rng.integers(0, self.store.num_steps, size=size)
         rows = self.task_steps[task]
@@ -301,7 +304,7 @@ class SegmentSampler:
     def sample(self, task: int | None = None) -> SegmentBatch:
         """One batch: all from ``task`` if given, else per ``task_mode``."""
         task = self.batch_task(task)
-        batch = self.segments(self.draw_starts(task))
+        batch = self.segments(self._starts(task))
         return batch if task is None else replace(batch, task_id=task)
 
     def __iter__(self) -> Iterator[SegmentBatch]:

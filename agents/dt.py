@@ -144,8 +144,13 @@ class DTAgent(Agent):
         )
 
 
-def action_mse(predicted: torch.Tensor, batch: Any) -> torch.Tensor:
-    """The DT loss: mean squared action error over the real (unpadded) steps."""
+def action_mse(predicted: torch.Tensor, batch: Any, groups: int = 1) -> torch.Tensor:
+    """The DT loss: mean squared action error over the real (unpadded) steps.
+
+    With ``groups``, the batch is that many equal blocks of samples and the loss is the sum of
+    each block's mean (one task's loss per block).
+    """
     weight = batch.mask.unsqueeze(-1).to(predicted.dtype)
-    error = ((predicted - batch.actions) ** 2 * weight).sum()
-    return error / (weight.sum() * predicted.shape[-1]).clamp_min(1.0)
+    error = ((predicted - batch.actions) ** 2 * weight).reshape(groups, -1).sum(dim=1)
+    count = (weight.reshape(groups, -1).sum(dim=1) * predicted.shape[-1]).clamp_min(1.0)
+    return (error / count).sum()

@@ -1,7 +1,8 @@
 """Training throughput of the one Trainer: samples/s and steps/s of MTDT, paper-sized model.
 
     python bench/train_throughput.py --batch-sizes 8 64 256 --steps 30            # this CPU
-    python bench/train_throughput.py --device cuda --bf16 --compile --reference   # a GPU
+    python bench/train_throughput.py --device cuda --bf16 --reference \
+        --modes eager compile graphs compile+graphs                                # a GPU
 
 The data is a synthetic MT10-shaped store (10 tasks x 20 episodes x 500 steps, obs 39, act 4),
 so the figures measure the loop (sampling, forward, backward, AdamW), not a dataset.
@@ -9,6 +10,8 @@ so the figures measure the loop (sampling, forward, backward, AdamW), not a data
 attention as explicit softmax(QK^T) with a masked_fill, unfused AdamW and a ``.item()`` per
 step, the way the released DT/HarmoDT code trains. The compute bound printed next to the
 ms/step is 6 x parameters x tokens / peak FLOP/s (``--peak-tflops``, default 989 = H100 bf16).
+``--modes`` picks how orl's step runs: eager, ``compile`` (torch.compile of the loss),
+``graphs`` (train.cuda_graphs: the whole step recorded and replayed) or both; one row each.
 """
 
 from __future__ import annotations
@@ -54,7 +57,10 @@ class Recorder:
         self.rows.append(metrics)
 
 
-def orl_rate(store, batch: int, steps: int, device: str, bf16: bool, compile: bool) -> tuple[float, int]:
+MODES = ("eager", "compile", "graphs", "compile+graphs")
+
+
+def orl_rate(store, batch: int, steps: int, device: str, bf16: bool, mode: str) -> tuple[float, int]:
     """(steps/s the Trainer itself measures over its second ``steps`` steps, block parameters).
 
     The first ``steps`` steps are the warm-up (and compilation); the final checkpoint is
@@ -67,7 +73,8 @@ def orl_rate(store, batch: int, steps: int, device: str, bf16: bool, compile: bo
     recorder = Recorder()
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = TrainConfig(steps=2 * steps, lr=1e-4, warmup_steps=10, log_every=steps,
-                          checkpoint_every=0, device=device, bf16=bf16, compile=compile)
+                          checkpoint_every=0, device=device, bf16=bf16,
+                          compile="compile" in mode, cuda_graphs="graphs" in mode)
         Trainer(agent, sampler, cfg, run_dir, logger=recorder).fit()
     params = sum(p.numel() for p in agent.model.transformer.parameters())
     return recorder.rows[-1]["train/steps_per_s"], params
@@ -139,7 +146,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="warm-up, then measured")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["eager"])
     parser.add_argument("--reference", action="store_true", help="also time the GPT2-style step")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     args = parser.parse_args()
@@ -147,19 +154,23 @@ def main() -> None:
     store = synthetic_store()
     name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     print(f"device {args.device} ({name}), torch {torch.__version__}, threads "
-          f"{torch.get_num_threads()}, bf16={args.bf16}, compile={args.compile}")
-    print("| batch | orl steps/s | orl samples/s | ms/step | compute bound ms "
+          f"{torch.get_num_threads()}, bf16={args.bf16}")
+    print("| batch | orl mode | orl steps/s | orl samples/s | ms/step | compute bound ms "
           "| reference steps/s | speed-up |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for batch in args.batch_sizes:
-        rate, params = orl_rate(store, batch, args.steps, args.device, args.bf16, args.compile)
-        bound_ms = 6 * params * batch * 60 / (args.peak_tflops * 1e12) * 1e3  # 60 tokens/segment
-        bound = f"{bound_ms:.3f}"
         ref = reference_rate(store, batch, args.steps, args.device) if args.reference else None
-        ref_cells = f"{ref:.1f} | {rate / ref:.2f}x" if ref else "- | -"
-        bound = bound if args.device == "cuda" else "-"
-        print(f"| {batch} | {rate:.1f} | {rate * batch:,.0f} | {1e3 / rate:.1f} | {bound} "
-              f"| {ref_cells} |")
+        for mode in args.modes:
+            try:
+                rate, params = orl_rate(store, batch, args.steps, args.device, args.bf16, mode)
+            except Exception as error:  # one failing mode must not lose the others' rows
+                print(f"| {batch} | {mode} | failed: {type(error).__name__}: {error} |", flush=True)
+                continue
+            bound_ms = 6 * params * batch * 60 / (args.peak_tflops * 1e12) * 1e3  # 60 tokens
+            bound = f"{bound_ms:.3f}" if args.device == "cuda" else "-"
+            ref_cells = f"{ref:.1f} | {rate / ref:.2f}x" if ref else "- | -"
+            print(f"| {batch} | {mode} | {rate:.1f} | {rate * batch:,.0f} | {1e3 / rate:.2f} "
+                  f"| {bound} | {ref_cells} |", flush=True)
 
 
 if __name__ == "__main__":

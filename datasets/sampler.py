@@ -86,6 +86,17 @@ class SegmentBatch:
         return self.task if self.task_id is None else self.task_id
 
 
+def concat_batches(batches: list[SegmentBatch]) -> SegmentBatch:
+    """One batch holding the samples of ``batches`` in order (``task_id`` kept if all share it)."""
+    first = batches[0]
+    joined = {
+        f.name: torch.cat([getattr(b, f.name) for b in batches])
+        for f in fields(first) if isinstance(getattr(first, f.name), torch.Tensor)
+    }
+    same_task = all(b.task_id == first.task_id for b in batches)
+    return replace(first, **joined, task_id=first.task_id if same_task else None)
+
+
 def returns_to_go(store: TrajectoryStore, gamma: float) -> np.ndarray:
     """(N,) float64 sum of ``gamma**(j - i) * r_j`` over the steps ``j >= i`` of each episode."""
     rewards = store.rewards.astype(np.float64)
@@ -128,7 +139,12 @@ class _Steps:
         self.returns_to_go = self.tensor(rtg.astype(np.float32))
 
     def tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array).to(self.device)  # no copy on CPU
+        """``array`` on the device: no copy on CPU; on CUDA from pinned memory, asynchronously
+        (a pageable copy would wait for the GPU to finish its queued work)."""
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def window(self, first: np.ndarray, length: int) -> dict[str, torch.Tensor]:
         """Steps ``first .. min(first + length, end) - 1`` of each episode, left-padded.

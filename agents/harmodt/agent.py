@@ -36,6 +36,7 @@ from orl.agents.harmodt.masks import (
     random_masks,
     update_task_masks,
 )
+from orl.datasets.sampler import concat_batches
 from orl.model.dt import DTConfig
 from orl.model.layers import OrlLinear, Route
 from orl.train.callbacks import Callback
@@ -243,12 +244,35 @@ class MaskUpdate(Callback):
         self.agent = agent
         self.every = agent.harmodt.mask_interval
 
-    def _grads(self, batch: Any, route: Route | None) -> dict[str, torch.Tensor]:
-        """Gradient of the task loss w.r.t. every masked weight (None: without the masks)."""
+    def task_grads(self, batch: Any, route: Route | None) -> dict[str, torch.Tensor]:
+        """(num_tasks, out, in) gradient of every task's loss w.r.t. every masked weight
+        (``route`` None: without the masks), from one forward and backward over ``batch``: every
+        task's samples, task-major, the same number each.
+
+        A linear layer's weight gradient is a sum over its input rows of ``grad_out^T x``, and
+        samples never interact, so the rows of one task sum to that task's gradient.
+        """
         linears = self.agent.masked_linears()
-        loss = action_mse(self.agent.forward_batch(batch, route), batch)
-        grads = torch.autograd.grad(loss, [lin.weight for lin in linears.values()])
-        return dict(zip(linears, grads))
+        seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def keep(name: str) -> Any:
+            return lambda layer, args, out: seen.__setitem__(name, (args[0], out))
+
+        hooks = [lin.register_forward_hook(keep(name)) for name, lin in linears.items()]
+        try:
+            predicted = self.agent.forward_batch(batch, route)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        tasks = len(self.agent.spec.task_names)
+        loss = action_mse(predicted, batch, groups=tasks)
+        outs = torch.autograd.grad(loss, [seen[name][1] for name in linears])
+        grads = {}
+        for (name, lin), grad_out in zip(linears.items(), outs):
+            x = seen[name][0].reshape(tasks, -1, lin.in_features)
+            grad = torch.einsum("tro,tri->toi", grad_out.reshape(tasks, -1, lin.out_features), x)
+            grads[name] = grad if route is None else grad * lin.masks[:tasks]
+        return grads
 
     def on_step(self, trainer: Any, step: int) -> None:
         agent, cfg = self.agent, self.agent.harmodt
@@ -256,16 +280,10 @@ class MaskUpdate(Callback):
         needs_groups = cfg.num_groups > 0 and not bool(agent.grouped)
         if count == 0 and not needs_groups:
             return
-        masked: dict[str, list[torch.Tensor]] = {}
-        full: dict[str, list[torch.Tensor]] = {}
-        for task in range(len(agent.spec.task_names)):
-            batch = trainer.sampler.sample(task=task).to(trainer.device)
-            for name, grad in self._grads(batch, Route(mask=task)).items():
-                masked.setdefault(name, []).append(grad)
-            for name, grad in self._grads(batch, None).items():
-                full.setdefault(name, []).append(grad)
-        task_masked = {n: torch.stack(g) for n, g in masked.items()}
-        task_full = {n: torch.stack(g) for n, g in full.items()}
+        tasks = range(len(agent.spec.task_names))
+        batch = concat_batches([trainer.sampler.sample(task=t) for t in tasks]).to(trainer.device)
+        task_masked = self.task_grads(batch, Route(mask=batch.task))
+        task_full = self.task_grads(batch, None)
         if needs_groups:
             agent.assign_groups(task_full)
         # one update per group (HarmoDT: every task is its own group) on its mean gradients

@@ -117,26 +117,37 @@ def update_mask(mask: torch.Tensor, prune_score: torch.Tensor, regrow_score: tor
     entries never changes. Equal scores are broken by flat index, lowest index first (a stable
     sort). Returns a new mask.
     """
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
     if prune_score.shape != mask.shape or regrow_score.shape != mask.shape:
         raise ValueError(
             f"scores must have the mask's shape {tuple(mask.shape)}, got "
             f"{tuple(prune_score.shape)} and {tuple(regrow_score.shape)}"
         )
-    flat = mask.flatten()
-    active = flat.nonzero().squeeze(1)  # ascending flat indices
-    inactive = (~flat).nonzero().squeeze(1)
-    count = min(count, active.numel(), inactive.numel())
+    return update_masks(mask[None], prune_score[None], regrow_score[None], count)[0]
+
+
+def update_masks(masks: torch.Tensor, prune_scores: torch.Tensor, regrow_scores: torch.Tensor,
+                 count: int) -> torch.Tensor:
+    """``update_mask`` for (num_tasks, ...) masks and scores at once, without a host sync.
+
+    Inactive entries sort last for pruning (+inf) and active ones last for regrowing (-inf); the
+    first ``min(count, active, inactive)`` of each task's stable sort change.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    flat = masks.flatten(1)
     if count == 0:
-        return mask.clone()
-    off = active[torch.sort(prune_score.flatten()[active], stable=True).indices[:count]]
-    on = inactive[torch.sort(regrow_score.flatten()[inactive], descending=True,
-                             stable=True).indices[:count]]
-    new = flat.clone()
-    new[off] = False
-    new[on] = True
-    return new.view_as(mask)
+        return masks.clone()
+    active = flat.sum(dim=1, keepdim=True)
+    change = torch.minimum(active, flat.shape[1] - active).clamp_max(count)  # (T, 1)
+    first = torch.arange(flat.shape[1], device=flat.device) < change  # (T, n) by rank
+
+    def pick(keys: torch.Tensor, descending: bool) -> torch.Tensor:
+        order = torch.sort(keys, dim=1, descending=descending, stable=True).indices
+        return torch.zeros_like(flat).scatter_(1, order, first)
+
+    off = pick(prune_scores.flatten(1).masked_fill(~flat, float("inf")), descending=False)
+    on = pick(regrow_scores.flatten(1).masked_fill(flat, float("-inf")), descending=True)
+    return ((flat & ~off) | on).view_as(masks)
 
 
 @torch.no_grad()
@@ -158,11 +169,8 @@ def update_task_masks(masks: dict[str, torch.Tensor], weights: dict[str, torch.T
     for name, mask in masks.items():
         weight, grads, full = weights[name].detach(), masked_grads[name], full_grads[name]
         harmony = grads.mean(dim=0)
-        new_masks[name] = torch.stack([
-            update_mask(mask[i], prune_scores(weight, grads[i], harmony, gamma, variant),
-                        harmony * full[i], count)
-            for i in range(mask.shape[0])
-        ])
+        new_masks[name] = update_masks(mask, prune_scores(weight, grads, harmony, gamma, variant),
+                                       harmony * full, count)
     return new_masks
 
 

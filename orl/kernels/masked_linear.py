@@ -15,12 +15,13 @@ within the word; bit 31 is the sign bit of the int32).
 leading dimensions.
 
 Triton kernel design: the wrapper sorts rows by task (stable argsort), cuts every task's run of
-rows into tiles of at most ``BLOCK_M`` rows that never cross a task boundary, and launches one grid
-over (tiles, N / BLOCK_N). A program loads its x tile (BLOCK_M x BLOCK_K), the weight tile
-(BLOCK_N x BLOCK_K) and the packed mask words of its task for that tile, unpacks the bits
-(``(word >> bit) & 1``), zeroes the masked weights, accumulates ``tl.dot`` in fp32 over K, adds the
-bias and stores to the sorted output rows, which the wrapper un-permutes. Triton is imported only
-when the kernel is first used, so this module imports without it.
+rows into tiles of at most ``block_m`` rows that never cross a task boundary (on the device, no
+host sync), and launches one grid over (tiles, N / block_n). A program loads its x tile
+(block_m x block_k), the weight tile (block_n x block_k) and the block_k / 32 packed mask words
+of each of its weight rows for its task, splits them into bits (``(word >> bit) & 1``), zeroes
+the masked weights, accumulates ``tl.dot`` in fp32 over K, adds the bias and stores to the
+sorted output rows, which the wrapper un-permutes. Triton is imported only when the kernel is
+first used, so this module imports without it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import functools
 import torch
 
 WORD_BITS = 32
-BLOCK_M, BLOCK_N, BLOCK_K = 16, 32, 32
+# tile of one program and its warps (bench/harmodt_batched_inference.py --tiles compares others)
+TILE = {"block_m": 64, "block_n": 128, "block_k": 32, "num_warps": 4}
 
 
 # ------------------------------------------------------------------------------------ packing
@@ -131,11 +133,12 @@ def _triton_kernel():
             nk_ok = n_ok[:, None] & k_ok[None, :]
             w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
                         mask=nk_ok, other=0.0)
-            word_idx = offs_k // 32
-            bit = (offs_k % 32).to(tl.int32)
-            words = tl.load(p_task + offs_n[:, None] * stride_pn + word_idx[None, :],
-                            mask=nk_ok & (word_idx[None, :] < W_WORDS), other=0)
-            keep = ((words >> bit[None, :]) & 1) != 0
+            # the BLOCK_K / 32 mask words of each weight row, loaded once and split into bits
+            offs_w = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+            words = tl.load(p_task + offs_n[:, None] * stride_pn + offs_w[None, :],
+                            mask=n_ok[:, None] & (offs_w[None, :] < W_WORDS), other=0)
+            bits = (words[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1
+            keep = tl.reshape(bits, (BLOCK_N, BLOCK_K)) != 0
             w = tl.where(keep, w, tl.zeros_like(w))
             acc += tl.dot(x, tl.trans(w), out_dtype=tl.float32)
 
@@ -157,27 +160,43 @@ def triton_available() -> bool:
     return True
 
 
-def _row_tiles(sorted_task: torch.Tensor, block_m: int) -> tuple[torch.Tensor, ...]:
-    """(task, row_start, row_end) of tiles of <= block_m sorted rows that never cross a task."""
-    tasks, counts = torch.unique_consecutive(sorted_task, return_counts=True)
+def _row_tiles(sorted_task: torch.Tensor, num_tasks: int, block_m: int) -> tuple[torch.Tensor, ...]:
+    """(task, row_start, row_end) of tiles of <= block_m sorted rows that never cross a task.
+
+    Computed on the rows' device without a host sync: there are ``cdiv(R, block_m) + num_tasks``
+    tiles (an upper bound), and those past the last real tile are empty (start == end == 0).
+    """
+    device = sorted_task.device
+    counts = torch.zeros(num_tasks, dtype=torch.long, device=device).index_add_(
+        0, sorted_task, torch.ones_like(sorted_task))
     starts = torch.cumsum(counts, 0) - counts
     n_tiles = (counts + block_m - 1) // block_m
-    seg = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), n_tiles)
-    first_tile = torch.cumsum(n_tiles, 0) - n_tiles
-    local = torch.arange(int(n_tiles.sum()), device=counts.device) - first_tile[seg]
-    tile_start = starts[seg] + local * block_m
+    tiles_end = torch.cumsum(n_tiles, 0)  # index after each task's last tile
+    j = torch.arange(-(-sorted_task.shape[0] // block_m) + num_tasks, device=device)
+    seg = torch.searchsorted(tiles_end, j, right=True).clamp_max(num_tasks - 1)
+    tile_start = starts[seg] + (j - tiles_end[seg] + n_tiles[seg]) * block_m
     tile_end = torch.minimum(tile_start + block_m, starts[seg] + counts[seg])
-    return tasks[seg].to(torch.int32), tile_start.to(torch.int32), tile_end.to(torch.int32)
+    real = j < tiles_end[-1]
+    return (seg.to(torch.int32), torch.where(real, tile_start, 0).to(torch.int32),
+            torch.where(real, tile_end, 0).to(torch.int32))
 
 
 def masked_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                         packed: torch.Tensor, row_task: torch.Tensor, *, block_m: int = BLOCK_M,
-                         block_n: int = BLOCK_N, block_k: int = BLOCK_K) -> torch.Tensor:
-    """One Triton launch for a batch mixing tasks (forward only; no autograd).
+                         packed: torch.Tensor, row_task: torch.Tensor, *, block_m: int | None = None,
+                         block_n: int | None = None, block_k: int | None = None,
+                         num_warps: int | None = None) -> torch.Tensor:
+    """One Triton launch for a batch mixing tasks (forward only; no autograd; no host sync).
 
     Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``. fp32/fp16/bf16 inputs;
     fp32 accumulation; output in ``x.dtype``. ``weight`` and ``bias`` are cast to ``x.dtype``.
+    Tile sizes and warps not given come from ``TILE``.
     """
+    block_m = block_m or TILE["block_m"]
+    block_n = block_n or TILE["block_n"]
+    block_k = block_k or TILE["block_k"]
+    num_warps = num_warps or TILE["num_warps"]
+    if block_k % WORD_BITS:
+        raise ValueError(f"block_k must be a multiple of {WORD_BITS} (whole mask words); got {block_k}")
     triton, kernel = _triton_kernel()
     lead = x.shape[:-1]
     k = x.shape[-1]
@@ -192,7 +211,7 @@ def masked_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     x_sorted = flat.index_select(0, order).contiguous()
     weight = weight.to(flat.dtype).contiguous()
     packed = packed.to(device=flat.device, dtype=torch.int32).contiguous()
-    tile_task, tile_start, tile_end = (t.to(flat.device) for t in _row_tiles(task[order].cpu(), block_m))
+    tile_task, tile_start, tile_end = _row_tiles(task[order], packed.shape[0], block_m)
     has_bias = bias is not None
     b = bias.to(flat.dtype).contiguous() if has_bias else weight  # dummy pointer when no bias
     grid = (tile_task.shape[0], triton.cdiv(n, block_n))
@@ -200,7 +219,8 @@ def masked_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
                  n, k, packed.shape[2],
                  x_sorted.stride(0), x_sorted.stride(1), weight.stride(0), weight.stride(1),
                  packed.stride(0), packed.stride(1), y_sorted.stride(0), y_sorted.stride(1),
-                 HAS_BIAS=has_bias, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+                 HAS_BIAS=has_bias, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                 num_warps=num_warps)
     y = torch.empty_like(y_sorted)
     y[order] = y_sorted
     return y.reshape(*lead, n)

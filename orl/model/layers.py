@@ -59,14 +59,20 @@ class OrlLinear(nn.Module):
 
     # ------------------------------------------------------------------ masks
     def set_masks(self, masks: torch.Tensor | None) -> None:
-        """Attach (num_masks, out, in) binary masks, or remove them with ``None``."""
+        """Attach (num_masks, out, in) binary masks (copied), or remove them with ``None``.
+
+        Masks of the attached shape are copied into the attached buffer in place.
+        """
         if masks is not None:
             if masks.dim() != 3 or masks.shape[1:] != self.weight.shape:
                 raise ValueError(
                     f"masks must have shape (num_masks, {self.out_features}, {self.in_features}); "
                     f"got {tuple(masks.shape)}"
                 )
-            masks = masks.to(device=self.weight.device, dtype=torch.bool)
+            if self.masks is not None and self.masks.shape == masks.shape:
+                self.masks.copy_(masks)  # in place: a recorded CUDA graph reads the live buffer
+                return
+            masks = masks.to(device=self.weight.device, dtype=torch.bool, copy=True)  # own buffer
         self.masks = masks
         self._packed_masks = None
 

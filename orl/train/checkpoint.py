@@ -150,7 +150,9 @@ def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tenso
                 tensors[f"state.{index}.{name}"] = value
             else:
                 rest[str(index)][name] = value
-    return tensors, {"param_groups": state["param_groups"], "state": rest}
+    groups = [{k: v.item() if isinstance(v, torch.Tensor) else v for k, v in group.items()}
+              for group in state["param_groups"]]  # a learning rate on the device (CUDA graphs)
+    return tensors, {"param_groups": groups, "state": rest}
 
 
 def _join_optimizer_state(meta: dict, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ class TrainConfig:
     grad_clip: float = 0.25  # max global gradient norm; 0 = no clipping
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the agent's loss
+    cuda_graphs: bool = False  # one CUDA process: record the step as a CUDA graph and replay it
     log_every: int = 100
     eval_every: int = 0  # 0 = evaluate only at the end
     checkpoint_every: int = 1000  # 0 = only the final checkpoint

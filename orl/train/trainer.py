@@ -6,9 +6,18 @@ checkpoints that resume exactly (bit-identical weights on CPU).
 
 The loop does not synchronise with the host on ordinary steps: losses and metrics stay on the
 device and are read (and checked for NaN/inf) only at log, evaluation and checkpoint steps.
-For the same reason ``compile`` uses torch.compile's default mode, not "reduce-overhead", whose
-CUDA graphs would overwrite the kept loss tensors at every replay. On CUDA, build the sampler
-on the GPU (``SegmentSampler(..., device="cuda")``) so batches need no host-to-device copy.
+On CUDA, build the sampler on the GPU (``SegmentSampler(..., device="cuda")``) so batches need
+no host-to-device copy.
+
+``cuda_graphs`` records the whole step (forward, backward, clipping, fused AdamW with the
+learning rate as a device tensor) as a CUDA graph and replays it, so a step costs one launch
+instead of hundreds. Each batch is copied into the graph's input buffers, so batches must keep
+their shapes. Batches of one task known on the host (``batch.task_id``: round-robin HarmoDT)
+get a graph each, as the task picks the mask. The first ``GRAPH_WARMUP`` steps of each graph run
+eagerly on the capture stream. Callbacks run between replays and must change the weights,
+masks and optimizer state in place (they do): a replaced tensor would not be seen by a graph.
+One process only (under torchrun the step runs eagerly, with a warning); ``compile`` combines
+with it (default mode, compiled before recording).
 
 Distributed data parallel: launch the same script with ``torchrun --nproc_per_node N``. The
 trainer then joins the process group ("nccl" on CUDA, "gloo" on CPU), runs the agent's loss
@@ -26,6 +35,8 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -57,6 +68,7 @@ if TYPE_CHECKING:
     from orl.agents.base import Agent
 
 Evaluator = Callable[[nn.Module, int], dict[str, float]]
+GRAPH_WARMUP = 3  # eager steps of each CUDA graph before it is recorded
 
 
 class Sampler(Protocol):
@@ -147,12 +159,19 @@ class Trainer:
                 torch.cuda.set_device(self.device)
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
 
+        capture = cfg.cuda_graphs and self.device.type == "cuda"
+        if capture and self.world_size > 1:
+            warnings.warn("train.cuda_graphs applies to one process; under torchrun the step runs "
+                          "eagerly (DDP's gradient all-reduce is not recorded)", stacklevel=2)
+            capture = False
         self.agent = agent.to(self.device)
         self.callbacks: list[Callback] = [*agent.callbacks(), *callbacks]
         self.optimizer = torch.optim.AdamW(
             _param_groups(agent, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-            fused=self.device.type == "cuda",
+            fused=self.device.type == "cuda", capturable=capture,
         )
+        if capture:  # a graph reads the learning rate from the device
+            _device_learning_rate(self.optimizer, self.device)
         # gradient clipping: each of the agent's clip groups on its own (usually one)
         self._clip_groups = [[p for p in params if p.requires_grad] for params in agent.clip_groups()]
         loss_fn: nn.Module = _LossModule(agent)
@@ -162,11 +181,13 @@ class Trainer:
                 find_unused_parameters=cfg.ddp_find_unused_parameters,
             )
         self.loss_fn = torch.compile(loss_fn) if cfg.compile else loss_fn
+        self._graphs = _StepGraphs(self._step) if capture else None
+        self._metric_names: list[str] = []
 
         self.step = 0  # optimizer steps done
         self.best: dict[str, Any] | None = None  # {"metric", "value", "step"} of checkpoints/best
         self.last_checkpoint: Path | None = None
-        self._pending: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []  # since last log
+        self._pending: list[torch.Tensor] = []  # each step's loss and metrics since the last log
         self._batch_size = 0
         self._clock = (time.perf_counter(), 0)  # (time, step) the throughput is measured from
         self._summary: dict[str, float] = {}
@@ -201,9 +222,18 @@ class Trainer:
         batch = self.sampler.sample().to(self.device)
         if not self._batch_size:
             self._batch_size = _batch_size(batch)
+        lr = learning_rate(self.step + 1, self.cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.step + 1, self.cfg)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        values = self._step(batch) if self._graphs is None else self._graphs(batch)
+        self._pending.append(values)
+
+    def _step(self, batch: Any) -> torch.Tensor:
+        """One optimizer step on ``batch``; returns the loss and the metrics stacked (float32)."""
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
                     if self.cfg.bf16 and self.device.type == "cuda" else nullcontext())
         with autocast:
             loss, metrics = self.loss_fn(batch)
@@ -213,7 +243,8 @@ class Trainer:
             metrics = {**metrics, "grad_norm": norms[0]}
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._pending.append((loss.detach(), {k: v.detach() for k, v in metrics.items()}))
+        self._metric_names = ["loss", *metrics]
+        return torch.stack([loss.detach().float(), *(v.detach().float() for v in metrics.values())])
 
     def _after_step(self, bar: tqdm) -> None:
         step, cfg = self.step, self.cfg
@@ -234,7 +265,7 @@ class Trainer:
         all ranks agree, so all stop together)."""
         if not self._pending:
             return
-        bad = (~torch.isfinite(torch.stack([loss.float() for loss, _ in self._pending]))).float()
+        bad = (~torch.isfinite(torch.stack([values[0] for values in self._pending]))).float()
         if self.world_size > 1:
             dist.all_reduce(bad)
         flags = bad.tolist()
@@ -254,15 +285,11 @@ class Trainer:
 
     def _log(self, bar: tqdm) -> None:
         self._check_finite()
-        names = ["loss", *self._pending[0][1]]
-        means = torch.stack([
-            torch.stack([loss.float() for loss, _ in self._pending]).mean(),
-            *(torch.stack([m[name].float() for _, m in self._pending]).mean() for name in names[1:]),
-        ])
+        means = torch.stack(self._pending).mean(dim=0)
         if self.world_size > 1:
             dist.all_reduce(means)
             means /= self.world_size
-        values = {f"train/{name}": v for name, v in zip(names, means.tolist())}
+        values = {f"train/{name}": v for name, v in zip(self._metric_names, means.tolist())}
         start, start_step = self._clock
         steps_per_s = (self.step - start_step) / max(time.perf_counter() - start, 1e-9)
         values |= {
@@ -391,9 +418,75 @@ class Trainer:
                 saved = saved | {"tensors": {k: tensors[f"callbacks.{index}.{k}"]
                                              for k in saved["tensors"]}}
             callback.load_state_dict(saved)
+        if self._graphs is not None:  # loading replaced the float learning rate
+            _device_learning_rate(self.optimizer, self.device)
         self.last_checkpoint = Path(path)
         self._pending.clear()
         return state
+
+
+class _StepGraphs:
+    """The training step recorded as CUDA graphs and replayed: one graph per host-known batch
+    task (``batch.task_id``, None for mixed batches), all in one memory pool."""
+
+    def __init__(self, step: Callable[[Any], torch.Tensor]) -> None:
+        self.step = step
+        self.stream = torch.cuda.Stream()
+        self.pool = torch.cuda.graph_pool_handle()
+        self.graphs: dict[Any, tuple[torch.cuda.CUDAGraph, Any, torch.Tensor]] = {}
+        self.eager_steps: Counter = Counter()
+
+    def __call__(self, batch: Any) -> torch.Tensor:
+        key = getattr(batch, "task_id", None)
+        if key not in self.graphs:
+            values = self._eager_or_record(key, batch)
+            if key not in self.graphs:
+                return values
+        graph, inputs, values = self.graphs[key]
+        _copy_into(inputs, batch)
+        graph.replay()
+        return values.clone()  # the next replay overwrites ``values``
+
+    def _eager_or_record(self, key: Any, batch: Any) -> torch.Tensor | None:
+        """A warm-up step on the capture stream, or the recording (which runs nothing)."""
+        self.stream.wait_stream(torch.cuda.current_stream())
+        values = None
+        with torch.cuda.stream(self.stream):
+            if self.eager_steps[key] < GRAPH_WARMUP:
+                self.eager_steps[key] += 1
+                values = self.step(batch)
+            else:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+                    recorded = self.step(batch)
+                self.graphs[key] = (graph, batch, recorded)
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return values
+
+
+def _copy_into(inputs: Any, batch: Any) -> None:
+    """Copy every tensor field of ``batch`` into the same field of ``inputs`` (a graph's input)."""
+    for name, value in vars(batch).items():
+        target = getattr(inputs, name)
+        if isinstance(value, torch.Tensor) and value.shape == target.shape:
+            target.copy_(value)
+        elif isinstance(value, torch.Tensor) or value != target:
+            raise ValueError(
+                f"train.cuda_graphs replays a recorded step, so batches must keep their shapes "
+                f"and host fields; field {name!r} changed ({_describe(target)} -> "
+                f"{_describe(value)}). Set train.cuda_graphs=false for this sampler."
+            )
+
+
+def _describe(value: Any) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+
+
+def _device_learning_rate(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Make every group's learning rate a device tensor and the optimizer capturable."""
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        group["capturable"] = True
 
 
 def _every(step: int, period: int) -> bool:

@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from orl.agents import DataSpec, build_agent
+from orl.agents.dt import action_mse
+from orl.agents.harmodt.agent import MaskUpdate
 from orl.api import load_trained_agent
 from orl.cli import train_agent_main
 from orl.config import ConfigError, load_config
 from orl.config.experiment import AgentConfig, ExperimentConfig, ModelConfig
-from orl.datasets.sampler import SamplerConfig, SegmentSampler
+from orl.datasets.sampler import SamplerConfig, SegmentSampler, concat_batches
 from orl.datasets.store import TrajectoryStore
+from orl.model.layers import Route
 from orl.train import Callback, TrainConfig, Trainer
 
 
@@ -321,7 +324,6 @@ def test_harmodt_under_torchrun_ddp(tmp_path):
 
 def test_unseen_policy_uses_the_new_tasks_prompts_stats_and_merged_mask():
     from orl.agents.policy import DTPolicy
-    from orl.model.layers import Route
 
     agent, _ = harmodt(prompt_len=2)
     agent.eval()
@@ -404,7 +406,6 @@ def test_g_harmodt_gate_learns_nothing_before_the_tasks_are_grouped(tmp_path):
 
 def test_g_harmodt_gate_routes_envs_to_their_group_mask(tmp_path):
     from orl.agents.policy import DTPolicy
-    from orl.model.layers import Route
 
     agent, store, sampler = g_harmodt()
     fit(agent, sampler, tmp_path, steps=60)
@@ -427,3 +428,45 @@ def test_g_harmodt_gate_routes_envs_to_their_group_mask(tmp_path):
     for _ in range(3):
         np.testing.assert_allclose(policy.act(obs, np.zeros(2)), reference.act(obs, np.zeros(2)),
                                    atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_record_one_step_per_task_and_see_mask_updates(tmp_path):
+    """Round robin records one graph per task; mask updates between replays change the masks in
+    place, so the replayed run ends with the eager run's masks and weights."""
+    runs = {}
+    for graphs in (False, True):
+        agent, sampler = harmodt(variant="F", mask_interval=4)
+        for module in agent.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        cfg = TrainConfig(steps=16, lr=1e-2, weight_decay=0.1, warmup_steps=1, log_every=4,
+                          checkpoint_every=0, device="cuda", bf16=False, cuda_graphs=graphs)
+        trainer = Trainer(agent, sampler, cfg, tmp_path / str(graphs))
+        trainer.fit()
+        runs[graphs] = trainer
+    eager, graphed = runs[False].agent, runs[True].agent
+    assert sorted(runs[True]._graphs.graphs) == [0, 1]
+    for name, masks in eager.task_masks().items():
+        assert torch.equal(masks, graphed.task_masks()[name]), name
+    for a, b in zip(eager.parameters(), graphed.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_task_gradients_from_one_pass_equal_one_pass_per_task(masked):
+    """The mask update's per-task gradients (one forward/backward over all tasks' samples) equal
+    the obvious loop: one pass per task, its own loss, its own mask."""
+    agent, sampler = harmodt(prompt_len=2)
+    agent.eval()  # no dropout: both ways see the same function
+    batches = [sampler.sample(task=t) for t in range(2)]
+    batches[1].mask[0, :2] = False  # padding: each task's loss is its own mean
+    update = next(c for c in agent.callbacks() if isinstance(c, MaskUpdate))
+    batch = concat_batches(batches)
+    got = update.task_grads(batch, Route(mask=batch.task) if masked else None)
+    linears = agent.masked_linears()
+    for t, one in enumerate(batches):
+        loss = action_mse(agent.forward_batch(one, Route(mask=t) if masked else None), one)
+        expected = torch.autograd.grad(loss, [lin.weight for lin in linears.values()])
+        for name, grad in zip(linears, expected):
+            torch.testing.assert_close(got[name][t], grad, rtol=1e-5, atol=1e-7)

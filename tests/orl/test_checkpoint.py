@@ -215,3 +215,16 @@ def test_pruning_keeps_the_newest_and_never_best_or_final(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == [
         "best", "final", "latest", "step_00000003", "step_00000010"]
     assert json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())["step"] == 10
+
+
+def test_a_device_learning_rate_is_saved_as_a_number(tmp_path):
+    """CUDA-graph training keeps the learning rate as a tensor; the checkpoint stores a float."""
+    agent = MLPAgent()
+    optimizer = torch.optim.AdamW(agent.parameters(), lr=0.01)
+    optimizer.param_groups[0]["lr"] = torch.tensor(0.003)
+    save_checkpoint(tmp_path / "ckpt", agent, optimizer, {"step": 1})
+    saved = json.loads((tmp_path / "ckpt" / "state.json").read_text())["optimizer"]["param_groups"]
+    assert saved[0]["lr"] == pytest.approx(0.003)
+    fresh = torch.optim.AdamW(agent.parameters(), lr=0.01)
+    load_checkpoint(tmp_path / "ckpt", agent, fresh)
+    assert fresh.param_groups[0]["lr"] == pytest.approx(0.003)

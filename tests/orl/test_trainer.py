@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,12 @@ from orl.datasets.sampler import SamplerConfig, SegmentSampler
 from orl.datasets.store import TrajectoryStore
 from orl.model.dt import DecisionTransformer, DTConfig
 from orl.train.callbacks import Callback
-from orl.train.checkpoint import CheckpointError, latest_checkpoint, load_model_weights
+from orl.train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_model_weights,
+    step_checkpoint_path,
+)
 from orl.train.config import TrainConfig
 from orl.train.trainer import NonFiniteLossError, Trainer, learning_rate
 
@@ -322,3 +328,50 @@ def test_clip_groups_are_clipped_separately(tmp_path):
     agent.loss(batch)[0].backward()
     alone = torch.cat([p.grad.flatten() for p in agent.model.parameters()]).norm()
     assert recorder.model == pytest.approx(min(1.0, float(alone)), rel=1e-4)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def without_dropout(trainer: Trainer) -> Trainer:
+    for module in trainer.agent.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return trainer
+
+
+@cuda
+def test_cuda_graphs_train_like_the_eager_step_and_resume(tmp_path):
+    """The recorded-and-replayed step ends with the eager step's weights and logged losses, and
+    a captured run resumes from its checkpoint (learning rate back on the device)."""
+    runs = {}
+    for graphs in (False, True):
+        logger = ListLogger()
+        trainer = without_dropout(build(tmp_path / str(graphs), steps=12, logger=logger,
+                                        device="cuda", bf16=False, cuda_graphs=graphs,
+                                        log_every=1, checkpoint_every=6))
+        trainer.fit()
+        runs[graphs] = trainer, [m["train/loss"] for _, m in logger.rows]
+    (eager, eager_losses), (graphed, graphed_losses) = runs[False], runs[True]
+    assert list(graphed._graphs.graphs) == [None] and eager._graphs is None
+    assert graphed_losses == pytest.approx(eager_losses, rel=1e-4, abs=1e-6)
+    for a, b in zip(eager.agent.parameters(), graphed.agent.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+    resumed = without_dropout(build(tmp_path / "True", steps=12, device="cuda", bf16=False,
+                                    cuda_graphs=True, log_every=1, checkpoint_every=6))
+    resumed.resume(step_checkpoint_path(tmp_path / "True", 6))
+    assert isinstance(resumed.optimizer.param_groups[0]["lr"], torch.Tensor)
+    resumed.fit()
+    for a, b in zip(resumed.agent.parameters(), graphed.agent.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@cuda
+def test_cuda_graphs_need_batches_of_one_shape(tmp_path):
+    trainer = build(tmp_path, steps=8, device="cuda", cuda_graphs=True)
+    sample = trainer.sampler.sample
+    trainer.sampler.sample = lambda: (sample() if trainer.step < 5
+                                      else replace(sample(), states=torch.zeros(4, CONTEXT, OBS_DIM)))
+    with pytest.raises(ValueError, match="cuda_graphs.*'states'"):
+        trainer.fit()

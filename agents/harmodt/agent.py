@@ -5,8 +5,9 @@ single-task batches, ``sampler.task_mode=round_robin``), through the model's mas
 weights outside the mask are left exactly as they were (AdamW's momentum and weight decay would
 otherwise move them), restored from a copy of the masked layers made just before the optimizer
 step. Upper level, every ``mask_interval`` steps (variants M and F): per-task masked and unmasked
-gradients on a fresh batch, then prune/regrow (``masks.update_task_masks``). Masks are buffers of
-the model, so they are saved and restored with every checkpoint.
+gradients on a fresh batch of every task (two passes in all, ``MaskUpdate.task_grads``), then
+prune/regrow (``masks.update_task_masks``). Masks are buffers of the model, updated in place (a
+recorded CUDA graph keeps reading them), so they are saved and restored with every checkpoint.
 
 G-HarmoDT (``num_groups > 0``) clusters the tasks at the first mask update, learns one mask per
 group, and trains a gating network (``gate.GroupGate``) that picks the group from the context

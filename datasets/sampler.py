@@ -86,17 +86,6 @@ class SegmentBatch:
         return self.task if self.task_id is None else self.task_id
 
 
-def concat_batches(batches: list[SegmentBatch]) -> SegmentBatch:
-    """One batch holding the samples of ``batches`` in order (``task_id`` kept if all share it)."""
-    first = batches[0]
-    joined = {
-        f.name: torch.cat([getattr(b, f.name) for b in batches])
-        for f in fields(first) if isinstance(getattr(first, f.name), torch.Tensor)
-    }
-    same_task = all(b.task_id == first.task_id for b in batches)
-    return replace(first, **joined, task_id=first.task_id if same_task else None)
-
-
 def returns_to_go(store: TrajectoryStore, gamma: float) -> np.ndarray:
     """(N,) float64 sum of ``gamma**(j - i) * r_j`` over the steps ``j >= i`` of each episode."""
     rewards = store.rewards.astype(np.float64)

@@ -37,7 +37,6 @@ from orl.agents.harmodt.masks import (
     random_masks,
     update_task_masks,
 )
-from orl.datasets.sampler import concat_batches
 from orl.model.dt import DTConfig
 from orl.model.layers import OrlLinear, Route
 from orl.train.callbacks import Callback
@@ -281,8 +280,9 @@ class MaskUpdate(Callback):
         needs_groups = cfg.num_groups > 0 and not bool(agent.grouped)
         if count == 0 and not needs_groups:
             return
-        tasks = range(len(agent.spec.task_names))
-        batch = concat_batches([trainer.sampler.sample(task=t) for t in tasks]).to(trainer.device)
+        sampler = trainer.sampler  # one batch of every task's samples, task-major
+        starts = np.concatenate([sampler.draw_starts(task=t) for t in range(len(agent.spec.task_names))])
+        batch = sampler.segments(starts).to(trainer.device)
         task_masked = self.task_grads(batch, Route(mask=batch.task))
         task_full = self.task_grads(batch, None)
         if needs_groups:

@@ -14,7 +14,7 @@ from orl.api import load_trained_agent
 from orl.cli import train_agent_main
 from orl.config import ConfigError, load_config
 from orl.config.experiment import AgentConfig, ExperimentConfig, ModelConfig
-from orl.datasets.sampler import SamplerConfig, SegmentSampler, concat_batches
+from orl.datasets.sampler import SamplerConfig, SegmentSampler
 from orl.datasets.store import TrajectoryStore
 from orl.model.layers import Route
 from orl.train import Callback, TrainConfig, Trainer
@@ -459,10 +459,13 @@ def test_task_gradients_from_one_pass_equal_one_pass_per_task(masked):
     the obvious loop: one pass per task, its own loss, its own mask."""
     agent, sampler = harmodt(prompt_len=2)
     agent.eval()  # no dropout: both ways see the same function
-    batches = [sampler.sample(task=t) for t in range(2)]
+    starts = [sampler.draw_starts(task=t) for t in range(2)]
+    prompts = [sampler.draw_prompt_episodes(sampler.steps.task[s]) for s in starts]
+    batches = [sampler.segments(s, p) for s, p in zip(starts, prompts)]
+    batch = sampler.segments(np.concatenate(starts), np.concatenate(prompts))  # as MaskUpdate's
     batches[1].mask[0, :2] = False  # padding: each task's loss is its own mean
+    batch.mask[len(starts[0]), :2] = False
     update = next(c for c in agent.callbacks() if isinstance(c, MaskUpdate))
-    batch = concat_batches(batches)
     got = update.task_grads(batch, Route(mask=batch.task) if masked else None)
     linears = agent.masked_linears()
     for t, one in enumerate(batches):

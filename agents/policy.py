@@ -33,7 +33,16 @@ class DTPolicy:
     with the statistics of the env's task, returns-to-go divided by ``rtg_scale`` and starting at
     the task's ``target_return`` (raw reward units), timesteps counted from the reset, and the
     last ``context_len`` steps left-padded with zeros and mask False while fewer were played.
-    ``act`` runs one forward pass for the whole batch.
+
+    ``act`` runs one batched forward for all envs and computes only what the next action needs.
+    Each token's embedding and first-block projection are computed once, when the token enters
+    the window (``DecisionTransformer.token_features``), and kept while it stays there; a step
+    then embeds its new tokens and runs the rest of the transformer over the window
+    (``encode_cached``). The actions are those of a full forward over the padded window. The
+    model must not change during an episode (``reset`` starts the cache afresh). With
+    ``context_route`` the route may change at every step, so the window goes through a full
+    forward, as it does for a ``model`` that is not a ``DecisionTransformer`` but is called like
+    one (e.g. a continual agent's composition of policies).
 
     Per task (index ``i``, named ``task_names[i]``): ``state_mean``/``state_std`` rows,
     ``target_return``, optionally ``action_head[i]`` and the Prompt-DT ``prompt`` tensors (a dict
@@ -80,6 +89,8 @@ class DTPolicy:
         )
         self.route_fn = route_fn
         self.context_route = context_route
+        # the token cache needs a DecisionTransformer and a route fixed for the episode
+        self._cached = isinstance(model, DecisionTransformer) and context_route is None
         sizes = {"state_std": self.state_std, "target_return": self.target_return,
                  "task_names": self.task_names, "action_head": self.action_head}
         for name, values in sizes.items():
@@ -89,6 +100,8 @@ class DTPolicy:
             raise ValueError(f"{num_tasks} tasks need task_names")
         if not 0 < self.context_len <= cfg.context_len:
             raise ValueError(f"context_len must be in [1, {cfg.context_len}], got {self.context_len}")
+        if prompt is not None and model.prompt_embed is None:
+            raise ValueError("a prompt was given but the model has model.prompt_len=0")
         if use_task_embedding and model.task_embed is None:
             raise ValueError("use_task_embedding needs a model with a task embedding (num_tasks > 0)")
         # Step t of an episode sits at buffer position pad + t; the first pad positions are the
@@ -128,6 +141,8 @@ class DTPolicy:
         self._task = task if self.use_task_embedding else None
         self._prompt = None if self.prompt is None else {k: v[task] for k, v in self.prompt.items()}
         self._route = None if self.route_fn is None else self.route_fn(task)
+        if self._cached:
+            self._start_cache()
         self._head: int | torch.Tensor | None = None
         if self.action_head is not None:
             heads = self.action_head[task]
@@ -138,7 +153,7 @@ class DTPolicy:
     def act(self, obs: np.ndarray, reward: np.ndarray) -> np.ndarray:
         """Actions (N, act_dim) float32 for observations (N, obs_dim); ``reward`` (N,) is the
         reward of the previous action (ignored at the first step)."""
-        t, pos, k = self._step, self._pad + self._step, self.context_len
+        t, pos = self._step, self._pad + self._step
         if pos >= len(self._valid):
             max_timestep = self.model.cfg.max_timestep
             raise RuntimeError(f"more steps since reset than the model's max_timestep ({max_timestep})")
@@ -149,18 +164,60 @@ class DTPolicy:
         else:
             reward_t = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
             self._rtg[:, pos] = self._rtg[:, pos - 1] - reward_t / self.rtg_scale
-        window, n = slice(pos + 1 - k, pos + 1), len(obs_t)
+        with eval_mode(self.model):
+            if self._cached:
+                action = self.model.predict(self._encode_cached(pos), self._head)[:, -1]
+            else:
+                action = self._forward_window(pos)[:, -1]
+        self._actions[:, pos] = action
+        self._step += 1
+        return action.cpu().numpy()
+
+    def _start_cache(self) -> None:
+        """Where the token cache of ``_encode_cached`` starts: with the prompt's tokens, if any
+        (their features are computed at the first step)."""
+        self._prefix, self._prefix_valid = 0, None
+        if self._prompt is not None:
+            valid = self._prompt["mask"].repeat_interleave(self.model.cfg.tokens_per_step, dim=1)
+            self._prefix, self._prefix_valid = valid.shape[1], None if valid.all() else valid
+
+    def _encode_cached(self, pos: int) -> torch.Tensor:
+        """Features of the last state token from the token cache: the tokens new at this step
+        (the previous action, this return-to-go and state) are embedded and projected once,
+        appended, and the oldest step's tokens leave once the window is full. Every env has
+        played the same number of steps, so the window needs no padding."""
+        model, n, t = self.model, self.model.cfg.tokens_per_step, self._step
+        steps = slice(max(pos - 1, self._pad), pos + 1)  # steps t-1 and t (t alone at t = 0)
+        tokens = model.embed(self._states[:, steps], self._actions[:, steps], self._rtg[:, steps],
+                             self._timesteps[steps].expand(len(self._states), -1))
+        if t == 0:  # the window starts: the prompt's tokens come first
+            new = tokens[:, :-1]  # the last action is not known yet
+            if self._prompt is not None:
+                p = self._prompt
+                prompt = model.prompt_embed(p["states"], p["actions"], p["returns_to_go"], p["timesteps"])
+                new = torch.cat([prompt, new], dim=1)
+            self._tokens, self._qkv = model.token_features(new, self._task, self._route)
+        else:
+            x, qkv = model.token_features(tokens[:, -n - 1:-1], self._task, self._route)
+            old = self._prefix + (n if t >= self.context_len else 0)  # the oldest step leaves
+            self._tokens = torch.cat([self._tokens[:, :self._prefix], self._tokens[:, old:], x], dim=1)
+            self._qkv = torch.cat([self._qkv[:, :self._prefix], self._qkv[:, old:], qkv], dim=1)
+        valid = self._prefix_valid
+        if valid is not None:
+            valid = torch.cat([valid, valid.new_ones(len(valid), self._tokens.shape[1] - self._prefix)], 1)
+        return model.encode_cached(self._tokens, self._qkv, valid, self._route)
+
+    def _forward_window(self, pos: int) -> torch.Tensor:
+        """The last action (N, 1, act_dim) from a full forward over the padded window, with the
+        route ``context_route`` picks from it if given (it may change at every step)."""
+        t, k, n = self._step, self.context_len, len(self._states)
+        window = slice(pos + 1 - k, pos + 1)
         states, valid = self._states[:, window], self._valid[window].expand(n, k)
         route = self._route
         if self.context_route is not None:
             route = self.context_route(states * self._std[:, None] + self._mean[:, None], valid)
-        with eval_mode(self.model):
-            action = self.model(
-                states, self._actions[:, window], self._rtg[:, window],
-                self._timesteps[window].expand(n, k),
-                valid if t < k - 1 else None,  # a full window: the plain causal mask
-                task=self._task, prompt=self._prompt, route=route, head=self._head, last_only=True,
-            )[:, -1]
-        self._actions[:, pos] = action
-        self._step += 1
-        return action.cpu().numpy()
+        return self.model(
+            states, self._actions[:, window], self._rtg[:, window], self._timesteps[window].expand(n, k),
+            valid if t < k - 1 else None,  # a full window: the plain causal mask
+            task=self._task, prompt=self._prompt, route=route, head=self._head, last_only=True,
+        )

@@ -136,17 +136,40 @@ class DecisionTransformer(nn.Module):
             p_valid = prompt["mask"].repeat_interleave(n, dim=1)
             valid = torch.cat([p_valid, torch.ones_like(x[:, p.shape[1]:, 0], dtype=torch.bool)
                                if valid is None else valid], dim=1)
-        if self.task_embed is not None:
-            if task is None:
-                raise ValueError("this model has a task embedding: pass task (B,) indices")
-            x = x + self.task_embed(task)[:, None, :]
-        x = self.embed_ln(x)
         attn = None if valid is None else attention_mask(valid)
-        h = self.transformer(x, attn, route, last_only)
+        h = self.transformer(self._normalise(x, task), attn, route, last_only)
         if last_only:
             return h
         h = h[:, -n * k:]  # drop the prompt positions
         return h.reshape(b, k, n, -1)[:, :, n - 2]  # the state token of every step
+
+    def _normalise(self, tokens: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
+        """Embedded tokens (B, L, D) plus the task embedding, through ``embed_ln``."""
+        if self.task_embed is not None:
+            if task is None:
+                raise ValueError("this model has a task embedding: pass task (B,) indices")
+            tokens = tokens + self.task_embed(task)[:, None, :]
+        return self.embed_ln(tokens)
+
+    def token_features(self, tokens: torch.Tensor, task: torch.Tensor | None = None,
+                       route: Route | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The part of the forward that each token's own embedding decides: for embedded tokens
+        (B, L, D) (``embed`` or ``prompt_embed`` outputs), the transformer's input and the first
+        block's query/key/value projection (B, L, 3D). Inference computes them once per token
+        and passes those of a window to ``encode_cached``."""
+        x = self._normalise(tokens, task)
+        return x, self.transformer.blocks[0].project(x, route)
+
+    def encode_cached(self, x: torch.Tensor, qkv: torch.Tensor, valid: torch.Tensor | None = None,
+                      route: Route | None = None) -> torch.Tensor:
+        """Hidden state (B, 1, D) of the last token of a window given its ``token_features``
+        (e.g. the prompt's tokens, then the steps' up to the last state token): the same values
+        as ``encode(..., last_only=True)`` with less work. ``valid`` (B, L) marks the tokens to
+        attend to (None: all). Eval mode only (no dropout)."""
+        if self.training:
+            raise RuntimeError("encode_cached runs in eval mode only: call model.eval() first")
+        attn = None if valid is None else attention_mask(valid)
+        return self.transformer(x, attn, route, last_only=True, first_qkv=qkv)
 
     def predict(self, features: torch.Tensor, head: Index = None) -> torch.Tensor:
         """Actions from state-token features with head ``head`` (int, (B,) tensor or None = 0)."""

@@ -23,12 +23,14 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
+    def forward(self, qkv: torch.Tensor, attn_mask: torch.Tensor | None,
                 route: Route | None = None, last_only: bool = False) -> torch.Tensor:
-        """``attn_mask``: (B, 1, L, L) bool, True where attention is allowed; None = causal.
+        """Attention over tokens already projected by ``self.qkv`` (B, L, 3D).
+
+        ``attn_mask``: (B, 1, L, L) bool, True where attention is allowed; None = causal.
         ``last_only``: the output of the last position alone, (B, 1, D)."""
-        b, length, _ = x.shape
-        q, k, v = self.qkv(x, route).view(b, length, 3, self.n_head, self.head_dim).unbind(2)
+        b, length, _ = qkv.shape
+        q, k, v = qkv.view(b, length, 3, self.n_head, self.head_dim).unbind(2)
         if last_only:  # the last query sees every key: no causal mask needed
             q = q[:, -1:]
             attn_mask = None if attn_mask is None else attn_mask[:, :, -1:]
@@ -93,10 +95,17 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(embed_dim)
         self.mlp = MLP(embed_dim, mlp_ratio * embed_dim, activation, dropout)
 
+    def project(self, x: torch.Tensor, route: Route | None = None) -> torch.Tensor:
+        """The attention's query/key/value projection of every token of ``x`` (B, L, 3D): a
+        function of each token alone."""
+        return self.attn.qkv(self.ln_1(x), route)
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
-                route: Route | None = None, last_only: bool = False) -> torch.Tensor:
-        """(B, L, D) -> (B, L, D), or (B, 1, D) for the last position with ``last_only``."""
-        y = self.attn(self.ln_1(x), attn_mask, route, last_only)
+                route: Route | None = None, last_only: bool = False,
+                qkv: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D), or (B, 1, D) for the last position with ``last_only``.
+        ``qkv``: ``self.project(x, route)`` when already computed (cached inference)."""
+        y = self.attn(self.project(x, route) if qkv is None else qkv, attn_mask, route, last_only)
         x = (x[:, -1:] if last_only else x) + y
         return x + self.mlp(self.ln_2(x), route)
 
@@ -116,12 +125,16 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                route: Route | None = None, last_only: bool = False) -> torch.Tensor:
+                route: Route | None = None, last_only: bool = False,
+                first_qkv: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states of every position, or with ``last_only`` of the last one (B, 1, D):
-        the final block then computes that position alone (inference of the next action)."""
+        the final block then computes that position alone (inference of the next action).
+        ``first_qkv``: the first block's ``project`` of ``x``, cached by inference (eval mode
+        only: the projection skips the input dropout)."""
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask, route, last_only and i == len(self.blocks) - 1)
+            x = block(x, attn_mask, route, last_only and i == len(self.blocks) - 1,
+                      first_qkv if i == 0 else None)
         return self.ln_f(x)
 
     def linears(self) -> list[tuple[str, OrlLinear]]:

@@ -13,8 +13,8 @@ TASKS = ["a", "b"]
 
 def make_model(**overrides) -> DecisionTransformer:
     torch.manual_seed(0)
-    cfg = DTConfig(obs_dim=OBS, act_dim=ACT, context_len=K, embed_dim=16, n_layer=2, n_head=2,
-                   max_timestep=64, **overrides)
+    cfg = DTConfig(**{"obs_dim": OBS, "act_dim": ACT, "context_len": K, "embed_dim": 16,
+                      "n_layer": 2, "n_head": 2, "max_timestep": 64, **overrides})
     return DecisionTransformer(cfg).train()  # the policy must switch dropout off itself
 
 
@@ -95,15 +95,36 @@ def test_first_action_is_a_forward_on_the_padded_context():
     np.testing.assert_allclose(action, expected.numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["single", "multi_task", "prompt"])
+def set_random_masks(model: DecisionTransformer) -> None:
+    g = torch.Generator().manual_seed(2)
+    for _, lin in model.transformer.linears():
+        lin.set_masks(torch.rand(2, *lin.weight.shape, generator=g) < 0.6)
+
+
+@pytest.mark.parametrize("variant", ["single", "behaviour_cloning", "one_layer", "multi_task",
+                                     "prompt", "masks", "context_route"])
 def test_matches_slow_sampler_style_reference(variant):
+    """Every variant of the policy (the token cache, or a full forward with ``context_route``)
+    acts as a full forward over each env's padded window would, past the window's sliding."""
     mean, std = task_stats()
     target, scale, envs = [50.0, 80.0], 20.0, [1, 0, 1]
-    if variant == "single":
-        model = make_model()
+    if variant in ("single", "behaviour_cloning", "one_layer"):
+        model = make_model(**{"behaviour_cloning": {"return_conditioned": False},
+                              "one_layer": {"n_layer": 1}}.get(variant, {}))
         kwargs = dict(state_mean=mean[0], state_std=std[0], target_return=target[0])
         envs = [0, 0, 0]
         tasks, extra = None, (lambda task: {})
+    elif variant in ("masks", "context_route"):
+        model = make_model()
+        set_random_masks(model)
+        tasks = [TASKS[e] for e in envs]
+        kwargs = dict(state_mean=mean, state_std=std, target_return=target, task_names=TASKS)
+        if variant == "masks":
+            kwargs["route_fn"] = lambda task: Route(mask=task)
+            extra = lambda task: {"route": Route(mask=task)}
+        else:  # a route from the window: here the mask of the opposite task
+            kwargs["context_route"] = lambda raw, valid: Route(mask=torch.tensor([0, 1, 0]))
+            extra = lambda task: {"route": Route(mask=1 - task)}
     elif variant == "multi_task":
         model = make_model(num_tasks=2, num_action_heads=2)
         kwargs = dict(state_mean=mean, state_std=std, target_return=target, task_names=TASKS,

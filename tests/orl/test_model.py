@@ -105,6 +105,33 @@ def test_last_only_equals_the_last_step_of_the_full_forward(return_conditioned, 
     torch.testing.assert_close(last, model(**x)[:, -1:], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("extras", ["plain", "task_prompt_route"])
+def test_encode_cached_equals_last_only(extras):
+    """Token features computed a few tokens at a time, as inference caches them, then
+    ``encode_cached`` over the window: the same features as ``encode(..., last_only=True)``."""
+    model = tiny(**({"num_tasks": 3, "prompt_len": 2} if extras != "plain" else {}))
+    x, task, route, valid = inputs(), None, None, None
+    tokens = model.embed(x["states"], x["actions"], x["returns_to_go"], x["timesteps"])[:, :-1]
+    if extras != "plain":
+        prompt = {k: v[:, :2] for k, v in inputs(seed=2).items()}
+        prompt["mask"] = torch.tensor([[False, True], [True, True]])
+        task, x["task"], x["prompt"] = torch.tensor([0, 2]), torch.tensor([0, 2]), prompt
+        for _, lin in model.transformer.linears():
+            lin.set_masks(torch.rand(2, *lin.weight.shape, generator=torch.Generator().manual_seed(3)) < 0.7)
+        route = x["route"] = Route(mask=torch.tensor([1, 0]))
+        p = model.prompt_embed(prompt["states"], prompt["actions"], prompt["returns_to_go"],
+                               prompt["timesteps"])
+        tokens = torch.cat([p, tokens], dim=1)
+        valid = torch.cat([prompt["mask"].repeat_interleave(3, dim=1),
+                           torch.ones(2, tokens.shape[1] - p.shape[1], dtype=torch.bool)], dim=1)
+    pieces = [model.token_features(chunk, task, route) for chunk in tokens.split(3, dim=1)]
+    cached = model.encode_cached(torch.cat([f for f, _ in pieces], 1),
+                                 torch.cat([q for _, q in pieces], 1), valid, route)
+    torch.testing.assert_close(cached, model.encode(**x, last_only=True), atol=1e-6, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.train().encode_cached(*pieces[0])
+
+
 def test_route_reaches_every_block_linear():
     model = tiny()
     linears = model.transformer.linears()

@@ -1,15 +1,17 @@
-"""Env steps per second of ``orl.eval.evaluate`` with a paper-sized DTPolicy against random actions.
+"""Env steps per second of ``orl.eval.evaluate`` with a DTPolicy against random actions.
 
-Both policies drive the same vector env (``--num-envs`` envs of one Meta-World task, one wave of
-episodes capped at ``--max-steps``) through ``evaluate``; the random policy's time is env
-stepping plus the evaluator's bookkeeping, so the difference is what DT inference adds (the
-overhead). The same envs stepped in a plain loop with random actions show what ``evaluate``
-itself costs. ``act`` is timed inside the runs, and the bare model forward on a batch of the same
-shape shows what ``act`` adds around the model: the last-step forward that ``act`` runs, and the
-full forward over every step of the window that it would cost without ``last_only``. The model
-(embed 256, 6 layers, 8 heads, K 20, obs 39, act 4) is randomly initialised: its cost does not
-depend on the weights. Runs alternate in rounds so that load from other processes hits all
-alike; medians are reported.
+Random actions and two DT policies drive the same vector env (``--num-envs`` envs of one
+Meta-World task, one wave of episodes capped at ``--max-steps``) through ``evaluate``: the DT
+policy as it runs (each token's embedding and first-block projection cached while the token is
+in the window), and the same model through a full forward over the padded window at every step
+(what the policy runs when a ``context_route`` picks the route from the window). The random
+policy's time is env stepping plus the evaluator's bookkeeping, so the difference is what DT
+inference adds (the overhead). The same envs stepped in a plain loop with random actions show
+what ``evaluate`` itself costs. ``act`` is timed inside the runs, and again back to back on a
+fixed observation after the window is full (``warm``: no env stepping in between, so the core's
+caches hold the model's code and data). The model (embed 256, 6 layers, 8 heads, K 20, obs 39,
+act 4 by default) is randomly initialised: its cost does not depend on the weights. Runs
+alternate in rounds so that load from other processes hits all alike; medians are reported.
 
     python bench/eval_throughput.py --task reach-v3 --num-envs 10 --max-steps 100 --threads 2 1
 """
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 from orl.agents.policy import DTPolicy
-from orl.envs import env_id
+from orl.envs import env_id, resolve_tasks
 from orl.eval import Policy, evaluate
 from orl.eval.policy import reset_policy
 from orl.model.dt import DecisionTransformer, DTConfig
@@ -69,48 +71,45 @@ class TimedPolicy:
         return action
 
 
-def run(policy: Policy, args: argparse.Namespace) -> tuple[float, float]:
-    """Env steps/s of one evaluation wave and the mean time of one ``act`` call (s)."""
+def run(policy: Policy, args: argparse.Namespace) -> tuple[float, float, float]:
+    """Env steps/s of one evaluation wave, the mean time of one ``act`` call (s), and the time
+    in ``act`` over the rest of the wave's time (env stepping and bookkeeping, same run)."""
     timed = TimedPolicy(policy)
     result = evaluate(timed, args.task, episodes=args.num_envs, num_envs=args.num_envs,
                       vector=args.vector, max_steps=args.max_steps, progress=False)
-    return result.env_steps / result.seconds, timed.act_seconds / timed.act_calls
+    rest = result.seconds - timed.act_seconds
+    return result.env_steps / result.seconds, timed.act_seconds / timed.act_calls, timed.act_seconds / rest
 
 
 def raw_steps_per_second(args: argparse.Namespace) -> float:
     """Env steps/s of the same envs reset and stepped in a plain loop with random actions."""
-    envs = [gymnasium.make(env_id(args.task)) for _ in range(args.num_envs)]
+    envs = [gymnasium.make(env_id(task)) for task in resolve_tasks(args.task)
+            for _ in range(args.num_envs)]
     policy = RandomPolicy()
     start = time.perf_counter()
     for i, env in enumerate(envs):
-        env.reset(seed=i, options={"variation": i})
+        env.reset(seed=i, options={"variation": i % args.num_envs})
     for _ in range(args.max_steps):
-        actions = policy.act(np.zeros((args.num_envs, OBS_DIM)), np.zeros(args.num_envs))
+        actions = policy.act(np.zeros((len(envs), OBS_DIM)), np.zeros(len(envs)))
         for env, action in zip(envs, actions):
             env.step(action)
     seconds = time.perf_counter() - start
     for env in envs:
         env.close()
-    return args.num_envs * args.max_steps / seconds
+    return len(envs) * args.max_steps / seconds
 
 
-def forward_seconds(model: DecisionTransformer, batch: int, last_only: bool, repeats: int = 20) -> float:
-    """Mean time of a bare model forward on a full (batch, K) window: with ``last_only`` the
-    last step's action alone without a padding mask (what ``act`` runs once K steps were
-    played), else every step's action through an explicit mask (the plain full forward)."""
-    k = model.cfg.context_len
-    device = next(model.parameters()).device
-    inputs = (torch.randn(batch, k, OBS_DIM, device=device), torch.randn(batch, k, ACT_DIM, device=device),
-              torch.randn(batch, k, device=device), torch.arange(k, device=device).expand(batch, k),
-              None if last_only else torch.ones(batch, k, dtype=torch.bool, device=device))
-    with torch.inference_mode():
-        model(*inputs, last_only=last_only)
+def warm_act_seconds(policy: DTPolicy, num_envs: int, steps: int = 40) -> float:
+    """Median time of one ``act`` once the window is full, called back to back."""
+    obs, reward = np.random.default_rng(0).normal(size=(2, num_envs, OBS_DIM)).astype(np.float32)
+    policy.reset(num_envs)
+    times = []
+    for step in range(policy.context_len + steps):
         start = time.perf_counter()
-        for _ in range(repeats):
-            model(*inputs, last_only=last_only)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+        policy.act(obs, reward[:, 0])
+        if step >= policy.context_len:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def cpu_name() -> str:
@@ -124,7 +123,8 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="reach-v3", help="Meta-World task")
+    parser.add_argument("--task", default="reach-v3",
+                        help="Meta-World task or benchmark (MT10: --num-envs envs of each task)")
     parser.add_argument("--num-envs", type=int, default=10)
     parser.add_argument("--max-steps", type=int, default=100, help="steps per episode")
     parser.add_argument("--vector", choices=("sync", "async"), default="sync")
@@ -145,7 +145,9 @@ def main() -> None:
         obs_dim=OBS_DIM, act_dim=ACT_DIM, context_len=args.context_len, embed_dim=args.embed_dim,
         n_layer=args.n_layer, n_head=args.n_head,
     )).to(args.device).eval()
-    dt = DTPolicy(model, np.zeros(OBS_DIM), np.ones(OBS_DIM), target_return=4500.0, rtg_scale=1000.0)
+    stats = (np.zeros(OBS_DIM), np.ones(OBS_DIM), 4500.0, 1000.0)
+    dts = {"DT": DTPolicy(model, *stats),
+           "DT, full window": DTPolicy(model, *stats, context_route=lambda raw, valid: None)}
     random = RandomPolicy()
     params = sum(p.numel() for p in model.parameters())
 
@@ -154,30 +156,36 @@ def main() -> None:
           f"(default {default_threads} threads), gymnasium {gymnasium.__version__}, "
           f"mujoco {mujoco.__version__}, metaworld {importlib.metadata.version('metaworld')}, "
           f"device {args.device}")
-    print(f"task {args.task}, {args.num_envs} envs ({args.vector}), {args.max_steps} steps per "
-          f"episode; DT embed {args.embed_dim}, {args.n_layer} layers, {args.n_head} heads, "
-          f"K {args.context_len}, {params / 1e6:.2f}M parameters; median of {args.rounds} rounds\n")
-    print("| torch threads | policy | env steps/s | act ms/step | last-step forward ms | "
-          "full forward ms | overhead vs random |")
+    total_envs = args.num_envs * len(resolve_tasks(args.task))
+    print(f"task {args.task}, {args.num_envs} envs per task ({total_envs} in all, {args.vector}), "
+          f"{args.max_steps} steps per episode; DT embed {args.embed_dim}, {args.n_layer} layers, "
+          f"{args.n_head} heads, K {args.context_len}, {params / 1e6:.2f}M parameters; "
+          f"median of {args.rounds} rounds\n")
+    print("| torch threads | policy | env steps/s | act ms/step | warm act ms/step | "
+          "overhead vs random | act / rest of its run |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     warm_up = argparse.Namespace(**{**vars(args), "max_steps": 2})
     for n in threads:
         torch.set_num_threads(n)
-        run(random, warm_up), run(dt, warm_up)  # Meta-World goal variations, spaces, torch
-        rates: dict[str, list[tuple[float, float]]] = {"random": [], "DT": []}
-        raw, forward, full = [], [], []
+        for policy in (random, *dts.values()):  # Meta-World goal variations, spaces, torch
+            run(policy, warm_up)
+        rates: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ("random", *dts)}
+        raw: list[float] = []
+        warm: dict[str, list[float]] = {name: [] for name in dts}
         for _ in range(args.rounds):
             raw.append(raw_steps_per_second(args))
             rates["random"].append(run(random, args))
-            rates["DT"].append(run(dt, args))
-            forward.append(forward_seconds(model, args.num_envs, last_only=True))
-            full.append(forward_seconds(model, args.num_envs, last_only=False))
-        (base, base_act), (dt_rate, dt_act) = (np.median(rates[p], axis=0) for p in ("random", "DT"))
-        forward_ms, full_ms = (1e3 * float(np.median(t)) for t in (forward, full))
+            for name, policy in dts.items():
+                rates[name].append(run(policy, args))
+                warm[name].append(warm_act_seconds(policy, total_envs))
+        base, base_act, _ = np.median(rates["random"], axis=0)
         print(f"| {n} | random, plain loop without evaluate | {np.median(raw):.0f} | - | - | - | - |")
         print(f"| {n} | random | {base:.0f} | {1e3 * base_act:.2f} | - | - | - |")
-        print(f"| {n} | DT | {dt_rate:.0f} | {1e3 * dt_act:.2f} | {forward_ms:.2f} | {full_ms:.2f} | "
-              f"{100 * (base / dt_rate - 1):+.0f}% |")
+        for name in dts:
+            rate, act, share = np.median(rates[name], axis=0)
+            print(f"| {n} | {name} | {rate:.0f} | {1e3 * act:.2f} | "
+                  f"{1e3 * float(np.median(warm[name])):.2f} | {100 * (base / rate - 1):+.0f}% | "
+                  f"{100 * share:.0f}% |")
     torch.set_num_threads(default_threads)
 
 

@@ -30,6 +30,8 @@ def build_agent(agent_cfg: Any, model_cfg: Any, sampler_cfg: Any, spec: DataSpec
         return_conditioned=name != "mtbc",
         num_tasks=len(spec.task_names) if multi_task else 0,
         prompt_len=sampler_cfg.prompt_len if name in ("prompt_dt", "harmodt") else 0,
+        action_low=spec.action_low,
+        action_high=spec.action_high,
         **asdict(model_cfg),
     )
     if name == "prompt_dt" and sampler_cfg.prompt_len <= 0:

@@ -7,7 +7,7 @@ error of the predicted actions on the real (unpadded) steps.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -27,9 +27,26 @@ class DataSpec:
     task_names: list[str]
     rtg_scale: float
     target_returns: list[float]  # first return-to-go of each task at evaluation (raw units)
+    # the env's action space, which a tanh action head is scaled to (None: [-1, 1], older runs)
+    action_low: list[float] | None = None
+    action_high: list[float] | None = None
+    eval_tasks: list[str] = field(default_factory=list)  # envs the run evaluates on ([]: unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataSpec:
+        """The spec ``to_dict`` saved; a ``ValueError`` names unknown or missing keys."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        missing = [f.name for f in fields(cls) if f.name not in data
+                   and f.default is MISSING and f.default_factory is MISSING]
+        if unknown or missing:
+            problems = ([f"unknown keys {unknown}"] if unknown else []) + (
+                [f"missing keys {missing}"] if missing else [])
+            raise ValueError(f"data_spec has {' and '.join(problems)}; its keys are {names}")
+        return cls(**data)
 
 
 class DTAgent(Agent):

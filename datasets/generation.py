@@ -92,6 +92,8 @@ class GenerationConfig:
             raise ValueError(f"episodes must be positive, got {self.episodes}")
         if self.episodes_per_shard <= 0:
             raise ValueError(f"episodes_per_shard must be positive, got {self.episodes_per_shard}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: one per CPU core), got {self.workers}")
 
 
 def _versions() -> dict[str, str]:
@@ -250,7 +252,10 @@ def _run_jobs(jobs: list[tuple], workers: int, on_done: Callable[[tuple], None])
             run_shard(*job)
             on_done(job)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    from orl.envs.metaworld import quiet_scripted_policies
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                             initializer=quiet_scripted_policies) as pool:
         futures = {pool.submit(run_shard, *job): job for job in jobs}
         try:
             for future in as_completed(futures):
@@ -340,7 +345,7 @@ def _generate(cfg: GenerationConfig, root: Path, exist_ok: bool, overwrite: bool
 
     remaining = sum(len(job[2]) for job in jobs)
     bar = tqdm(total=cfg.episodes * len(todo), initial=cfg.episodes * len(todo) - remaining,
-               unit="ep", desc="generate", disable=not progress)
+               unit="ep", desc="generate", disable=not (progress and jobs))  # no bar for 0 episodes
 
     def shard_done(job: tuple) -> None:
         task, level, episodes, _, out = job

@@ -83,13 +83,33 @@ def require_dataset(dataset_id: str, root: Path | None = None) -> Path:
     if close:
         lines.append(f"Close matches: {', '.join(close)}.")
     if dataset_id.startswith("metaworld/"):
-        namespace, level, version = parse_id(dataset_id)
-        task = namespace.split("/", 1)[-1]
-        flag = f" --version {version}" if version else ""
-        lines.append(f"Generate it with: orl data generate {task} --level {level}{flag}")
+        lines.append(_generate_hint(dataset_id))
     else:
         lines.append("List local datasets with: orl data list")
     raise DatasetNotFoundError(" ".join(lines))
+
+
+def _generate_hint(dataset_id: str) -> str:
+    """How to make a missing Meta-World dataset; a misspelled task or level is replaced by its
+    close match (``exprt`` -> ``expert``)."""
+    from orl.envs.metaworld import MT50_TASKS
+
+    namespace, level, version = parse_id(dataset_id)
+    task = namespace.split("/", 1)[-1]
+    known_task, known_level = _closest(task, MT50_TASKS), _closest(level, LEVELS)
+    if known_task is None or known_level is None:
+        return ("Meta-World dataset ids are metaworld/<task>/<level>-vN, a task of "
+                f"orl.envs.metaworld.MT50_TASKS and a level of {', '.join(LEVELS)}.")
+    flag = f" --version {version}" if version else ""
+    command = f"Generate it with: orl data generate {known_task} --level {known_level}{flag}"
+    if (known_task, known_level) == (task, level):
+        return command
+    return f"Did you mean {metaworld_id(known_task, known_level, version)!r}? {command}"
+
+
+def _closest(name: str, known: tuple[str, ...]) -> str | None:
+    """``name`` if known, else its closest known name, else None."""
+    return name if name in known else next(iter(difflib.get_close_matches(name, known, n=1)), None)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import torch
 from orl.datasets.store import TrajectoryStore
 
 TASK_MODES = ("mixed", "round_robin")
-PROMPT_SOURCES = ("best", "random")
+PROMPT_SOURCES = ("ranked", "random", "best")
 PROMPT_FIELDS = ("states", "actions", "returns_to_go", "timesteps", "mask")
 
 
@@ -34,7 +34,10 @@ class SamplerConfig:
     normalize_states: bool = True  # per-task mean/std from store.state_stats()
     task_mode: str = "mixed"  # "mixed": whole store; "round_robin": one task per batch, cycled
     prompt_len: int = 0  # 0: no prompt; > 0: Prompt-DT prompt of that many steps
-    prompt_source: str = "best"  # "best": highest-return episode; "random": any, per sample
+    prompt_source: str = "ranked"  # "ranked": by return rank and batch row, as the released
+    #                                HarmoDT/Prompt-DT code (``prompt_rank``); "random": any
+    #                                episode of the sample's task, drawn per sample; "best":
+    #                                the task's best (the evaluation prompt) for every sample
 
     def __post_init__(self) -> None:
         rules = [
@@ -98,6 +101,31 @@ def returns_to_go(store: TrajectoryStore, gamma: float) -> np.ndarray:
         rows = ends[lengths >= back] - back
         rtg[rows] += gamma * rtg[rows + 1]
     return rtg
+
+
+def prompt_rank(row: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Return rank (0: best) of the prompt episode of batch row ``row`` among a task's ``count``
+    episodes, as the released code's ``get_prompt`` picks it (``stochastic_prompt`` off): row
+    ``i`` takes ``sorted_inds[-i]`` of the episodes sorted by increasing return, so row 0 takes
+    the lowest-return one (a quirk of that code), rows 1..count-1 the best, second best, ...,
+    row ``count`` the lowest again, and rows past ``count`` the best."""
+    return np.where(row == 0, count - 1, np.where(row > count, 0, row - 1))
+
+
+def check_prompt_len(store: TrajectoryStore, prompt_len: int) -> None:
+    """Raise ``ValueError`` if an episode of ``store`` is shorter than ``prompt_len`` steps
+    (its prompt would be mostly padding)."""
+    lengths = store.episode_lengths
+    if prompt_len <= 0 or not np.any(lengths < prompt_len):
+        return
+    shortest = int(np.argmin(lengths))
+    task = store.task_names[store.episode_task[shortest]]
+    raise ValueError(
+        f"sampler.prompt_len={prompt_len} is longer than the shortest prompt episode "
+        f"({lengths[shortest]} steps: episode {shortest}, task {task!r}; "
+        f"{int(np.sum(lengths < prompt_len))} of {len(lengths)} are shorter than the prompt). Set "
+        f"sampler.prompt_len <= {lengths[shortest]} or leave the short episodes out of the data."
+    )
 
 
 def sliding_windows(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -183,7 +211,11 @@ class SegmentSampler:
     The start step is uniform over all steps of the eligible tasks, i.e. the episode is picked
     with probability proportional to its length. Prompt episodes (``prompt_len > 0``) come from
     ``prompt_store`` when given (same task names), else from ``store``; both are normalised with
-    the state statistics of ``store``.
+    the state statistics of ``store``. A prompt is the released code's window of an episode: its
+    last ``prompt_len`` steps before the final step (``get_prompt``: start
+    ``max(0, T - prompt_len - 1)``), the whole episode when it has exactly ``prompt_len`` steps;
+    shorter episodes are an error. Training rows pick the episode per ``prompt_source``;
+    evaluation (``best_prompts``) takes each task's best.
     """
 
     def __init__(
@@ -209,7 +241,8 @@ class SegmentSampler:
             self._init_prompts(store if prompt_store is None else prompt_store)
 
     def _init_prompts(self, source: TrajectoryStore) -> None:
-        """Index the prompt episodes of every task: all of them by task, and the best one."""
+        """Index the prompt episodes of every task by decreasing return (ties: lower index
+        first), and each task's best one."""
         if source.task_names != self.store.task_names:
             raise ValueError("prompt_store must have the same task_names as the store")
         if (source.obs_dim, source.act_dim) != (self.store.obs_dim, self.store.act_dim):
@@ -218,23 +251,21 @@ class SegmentSampler:
         if missing:
             names = [self.store.task_names[t] for t in missing]
             raise ValueError(f"no prompt episodes for tasks {names}")
+        check_prompt_len(source, self.config.prompt_len)
         self.prompt_steps = (
             self.steps if source is self.store
             else _Steps(source, self.config, self.device, self.state_stats)
         )
-        # prompt window start: the last prompt_len steps of each episode (fewer if shorter)
+        # prompt window start: the last prompt_len steps before each episode's final step
         self.prompt_first = np.maximum(
-            source.episode_starts[:-1], source.episode_starts[1:] - self.config.prompt_len
+            source.episode_starts[:-1], source.episode_starts[1:] - self.config.prompt_len - 1
         )
-        self.prompt_by_task = np.argsort(source.episode_task, kind="stable")
+        episodes = np.arange(source.num_episodes)
+        self.prompt_by_task = np.lexsort((episodes, -source.episode_returns, source.episode_task))
         self.prompt_count = np.bincount(source.episode_task, minlength=source.num_tasks)
         self.prompt_offset = np.concatenate([[0], np.cumsum(self.prompt_count)[:-1]])
-        returns = source.episode_returns
-        self.prompt_best = np.array(
-            [eps[np.argmax(returns[eps])] if len(eps) else -1
-             for eps in map(source.task_episodes, range(source.num_tasks))],
-            dtype=np.int64,
-        )
+        first = self.prompt_by_task[np.minimum(self.prompt_offset, source.num_episodes - 1)]
+        self.prompt_best = np.where(self.prompt_count > 0, first, -1)
 
     # --------------------------------------------------------------- sampling
     def check_task(self, task: int) -> None:
@@ -268,11 +299,17 @@ class SegmentSampler:
         return rows[self.rng.integers(0, len(rows), size=size)]
 
     def draw_prompt_episodes(self, tasks: np.ndarray) -> np.ndarray:
-        """Prompt episode for each sample's task: its best, or one drawn uniformly ("random")."""
-        if self.config.prompt_source == "best":
-            return self.prompt_best[tasks]
-        pick = self.rng.integers(0, self.prompt_count[tasks])
-        return self.prompt_by_task[self.prompt_offset[tasks] + pick]
+        """Prompt episode for each sample of a batch whose tasks are ``tasks``: "ranked": sample
+        ``i`` takes its task's episode of rank ``prompt_rank(i % batch_size, count)`` (a batch of
+        several ``batch_size`` blocks, like the mask update's, ranks each block alike);
+        "random": one drawn uniformly; "best": rank 0."""
+        count = self.prompt_count[tasks]
+        source = self.config.prompt_source
+        if source == "ranked":
+            rank = prompt_rank(np.arange(len(tasks)) % self.config.batch_size, count)
+        else:
+            rank = self.rng.integers(0, count) if source == "random" else np.zeros_like(count)
+        return self.prompt_by_task[self.prompt_offset[tasks] + rank]
 
     def segments(
         self, starts: np.ndarray, prompt_episodes: np.ndarray | None = None
@@ -293,7 +330,8 @@ class SegmentSampler:
         return SegmentBatch(**batch)
 
     def best_prompts(self) -> dict[str, torch.Tensor]:
-        """Each task's evaluation prompt: the last ``prompt_len`` steps of its best episode.
+        """Each task's evaluation prompt: the prompt window of its best-return episode (the
+        released code's ``get_prompt(index=-1)``).
 
         Fields as in the batch without the ``prompt_`` prefix, each (num_tasks, P, ...); tasks
         without prompt episodes get an all-padding prompt.

@@ -142,6 +142,12 @@ def make(task: str, **kwargs: Any) -> gym.Env:
     return gym.make(env_id(task), **kwargs)
 
 
+def quiet_scripted_policies() -> None:
+    """Ignore the warning Meta-World's scripted experts give at most steps ("Constant(s) may be
+    too high"): it says nothing new, :func:`expert_policy` clips their actions to [-1, 1]."""
+    warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
+
+
 def expert_policy(task: str):
     """Meta-World's scripted expert for ``task``: ``policy(obs) -> action`` (clipped to [-1, 1])."""
     from metaworld.policies import ENV_POLICY_MAP

@@ -42,7 +42,12 @@ def saved_run(path: str | Path) -> tuple[Path, Any, Any, dict[str, Any]]:
     extra = state.get("extra", {})
     if "config" not in extra or "data_spec" not in extra:
         raise CheckpointError(f"checkpoint {checkpoint} was not written by train-agent (no config)")
-    return checkpoint, from_dict(ExperimentConfig, extra["config"]), DataSpec(**extra["data_spec"]), extra
+    try:
+        spec = DataSpec.from_dict(extra["data_spec"])
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {checkpoint}: {err}. Another orl version wrote it: "
+                              "load it with that version, or retrain with this one") from err
+    return checkpoint, from_dict(ExperimentConfig, extra["config"]), spec, extra
 
 
 def load_trained_agent(path: str | Path, device: str | None = None) -> Any:
@@ -84,11 +89,20 @@ def load_agent(path: str | Path, device: str | None = None, with_tasks: bool = F
                task_agnostic: bool = False) -> Any:
     """A ready evaluation policy from a checkpoint or run dir (``orl.evaluate`` accepts it).
 
-    With ``with_tasks`` also the tasks to evaluate it on: the run's ``data.eval_tasks`` (e.g. the
-    gym env of a D4RL file), else the tasks it was trained on. ``task_agnostic`` for agents that
-    have such a mode (HarmoDT's merged model, G-HarmoDT's gate).
+    With ``with_tasks`` also the tasks to evaluate it on (``run_eval_tasks``). ``task_agnostic``
+    for agents that have such a mode (HarmoDT's merged model, G-HarmoDT's gate).
     """
     run = saved_run(path)
     policy = _agent_of(*run, device).policy(task_agnostic=task_agnostic)
     _, cfg, spec, _ = run
-    return (policy, list(cfg.data.eval_tasks) or list(spec.task_names)) if with_tasks else policy
+    return (policy, run_eval_tasks(cfg, spec)) if with_tasks else policy
+
+
+def run_eval_tasks(cfg: Any, spec: Any) -> list[str]:
+    """The tasks a trained run is evaluated on: those it evaluated on while training (its
+    ``data.eval_tasks`` or the envs its datasets name), else, for runs of older versions, its
+    ``data.eval_tasks`` or training tasks; [] when its datasets name no env."""
+    tasks = list(spec.eval_tasks) or list(cfg.data.eval_tasks)
+    if tasks or cfg.data.datasets:
+        return tasks
+    return list(spec.task_names)

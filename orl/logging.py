@@ -22,7 +22,8 @@ class RunLogger:
     ``backend="wandb"`` the same goes to a wandb run (offline by default)."""
 
     def __init__(self, run_dir: Path, backend: str = "csv", config: dict[str, Any] | None = None,
-                 project: str = "orl", name: str | None = None, resume_id: str | None = None):
+                 project: str = "orl", name: str | None = None, resume_id: str | None = None,
+                 group: str | None = None):
         if backend not in LOGGERS:
             raise ValueError(f"logger must be one of {', '.join(LOGGERS)}, got {backend!r}")
         self.backend = backend
@@ -34,9 +35,9 @@ class RunLogger:
         self.jsonl_path = self.run_dir / "metrics.jsonl"
         self.jsonl = open(self.jsonl_path, "a", buffering=1)
         if backend == "wandb":
-            self.wandb_run = self._start_wandb(config, project, name, resume_id)
+            self.wandb_run = self._start_wandb(config, project, name, resume_id, group)
 
-    def _start_wandb(self, config, project, name, resume_id):
+    def _start_wandb(self, config, project, name, resume_id, group):
         try:
             import wandb
         except ImportError as err:
@@ -46,7 +47,7 @@ class RunLogger:
             ) from err
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
-        return wandb.init(project=project, name=name, config=config, dir=str(self.run_dir),
+        return wandb.init(project=project, name=name, group=group, config=config, dir=str(self.run_dir),
                           id=resume_id, resume="allow" if resume_id else None)
 
     @property

@@ -163,7 +163,7 @@ class CompoFormer(Method):
             else:
                 composed = torch.zeros_like(own)
             y = self.heads[s](torch.cat([own, composed], dim=-1))
-            y = torch.tanh(y) if agent.model.cfg.tanh_actions else y
+            y = agent.model.squash(y)
             if len(plays) == 1:
                 return y
             if out is None:

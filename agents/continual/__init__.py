@@ -3,7 +3,21 @@ the success-matrix metrics and report, and the baselines as plug-ins of the one 
 
 from orl.agents.continual.agent import ContinualAgent, Method
 from orl.agents.continual.config import METHODS, ContinualConfig, StageConfig
-from orl.agents.continual.metrics import ContinualMetrics, cw_forward_transfer, summarize
+from orl.agents.continual.metrics import (
+                                         ContinualMetrics,
+                                         Curve,
+                                         cw_forward_transfer,
+                                         record_metrics,
+                                         summarize,
+)
+from orl.agents.continual.report import (
+                                         continual_metrics,
+                                         continual_record,
+                                         load_results,
+                                         own_stage_curve,
+                                         reference_curves,
+)
 
-__all__ = ["METHODS", "ContinualAgent", "ContinualConfig", "ContinualMetrics", "Method",
-           "StageConfig", "cw_forward_transfer", "summarize"]
+__all__ = ["METHODS", "ContinualAgent", "ContinualConfig", "ContinualMetrics", "Curve", "Method",
+           "StageConfig", "continual_metrics", "continual_record", "cw_forward_transfer",
+           "load_results", "own_stage_curve", "record_metrics", "reference_curves", "summarize"]

@@ -32,6 +32,7 @@ class Method(nn.Module):
     is plain finetuning. Its buffers travel in the agent's checkpoints."""
 
     memory_share = 0.0  # share of each batch the runner replays from earlier stages
+    joint = False  # every stage samples all stages' data (the multi-task bound)
 
     def attach(self, agent: ContinualAgent) -> None:
         """Allocate what all stages need (masks, adapters, buffers), once, at construction."""
@@ -82,14 +83,20 @@ class Method(nn.Module):
 
 class ContinualAgent(Agent):
     """A DT with one action head per stage, per-stage state statistics and target returns
-    (``spec.task_names`` are the stage names), and a continual-learning ``method``."""
+    (``spec.task_names`` are the stage names), and a continual-learning ``method``.
+
+    ``heads[i]`` is the action head of stage ``i`` (default: head ``i``); a single-task reference
+    run has the heads of the whole sequence and plays its one stage with that stage's head."""
 
     def __init__(self, model_cfg: DTConfig, spec: DataSpec, state_mean: np.ndarray,
-                 state_std: np.ndarray, method: Method) -> None:
+                 state_std: np.ndarray, method: Method, heads: list[int] | None = None) -> None:
         super().__init__()
-        if model_cfg.num_action_heads != len(spec.task_names):
-            raise ValueError(f"{len(spec.task_names)} stages need model.num_action_heads="
-                             f"{len(spec.task_names)}, got {model_cfg.num_action_heads}")
+        stages, count = len(spec.task_names), model_cfg.num_action_heads
+        self.heads = list(range(stages)) if heads is None else list(heads)
+        if len(self.heads) != stages or not all(0 <= h < count for h in self.heads):
+            raise ValueError(f"heads {self.heads} must give each of the {stages} stages one of the "
+                             f"model.num_action_heads={count} action heads")
+        self.own_heads = self.heads == list(range(count))  # stage i plays head i
         self.spec = spec
         self.model = DecisionTransformer(model_cfg)
         self.register_buffer("state_mean", torch.as_tensor(state_mean, dtype=torch.float32))
@@ -119,7 +126,15 @@ class ContinualAgent(Agent):
 
     def actions(self, inputs: tuple[torch.Tensor, ...], task: int | torch.Tensor,
                 last_only: bool = False) -> torch.Tensor:
-        return self.method.actions(self, inputs, task, last_only)
+        return self.method.actions(self, inputs, self.head_of(task), last_only)
+
+    def head_of(self, task: int | torch.Tensor) -> int | torch.Tensor:
+        """The action head(s) of stage(s) ``task``."""
+        if self.own_heads:
+            return task
+        if isinstance(task, torch.Tensor):
+            return torch.as_tensor(self.heads, device=task.device)[task]
+        return self.heads[task]
 
     def batch_actions(self, batch: Any) -> torch.Tensor:
         """Predicted actions of a ``SegmentBatch`` whose ``task`` holds stage indices."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 METHODS = ("finetune", "l2", "ewc", "mas", "packnet", "lora", "replay", "agem",
-           "compoformer_grow", "compoformer_prune")
+           "compoformer_grow", "compoformer_prune", "mtl")
 #: Penalty coefficients of the released OCW benchmark, used when ``reg_coef`` is not set.
 DEFAULT_REG_COEF = {"l2": 5000.0, "ewc": 5000.0, "mas": 10.0}
 
@@ -29,12 +29,19 @@ class ContinualConfig:
 
     Stages come from ``tasks`` (Meta-World tasks and/or benchmarks such as ``OCW10``, data
     ``metaworld/<task>/<data.level>-v<data.version>``) or from explicit ``stages``.
+
+    ``method: mtl`` is the multi-task bound: every stage trains on all stages' data at once.
+    ``reference`` (a stage name, e.g. ``push-wall-v3``) makes a single-task reference run for
+    Continual World's forward transfer: the model of the whole sequence (every action head, the
+    same initialisation for the same ``run.seed``) trains only that stage, from scratch, with
+    its head, as plain finetuning.
     """
 
     enabled: bool = False
     tasks: list[str] = field(default_factory=list)
     stages: list[StageConfig] = field(default_factory=list)
     method: str = "finetune"  # one of METHODS
+    reference: str = ""  # a stage name: train only that stage (a single-task reference run)
     reg_coef: float | None = None  # l2 / ewc / mas penalty weight (None: DEFAULT_REG_COEF)
     importance_samples: int = 64  # ewc / mas: per-sample gradients at the end of a stage
     lora_rank: int = 8  # lora, compoformer_grow: adapter of each task on the attention QKV
@@ -71,6 +78,9 @@ class ContinualConfig:
         if self.enabled and bool(self.tasks) == bool(self.stages):
             raise ValueError("continual: give either continual.tasks (e.g. [OCW10]) or "
                              "continual.stages (name, dataset, eval_task each), not both or neither")
+        if self.reference and self.method != "finetune":
+            raise ValueError(f"continual.reference={self.reference!r} trains one stage from scratch "
+                             f"as plain finetuning: set continual.method=finetune, not {self.method!r}")
         names = [s.name for s in self.stages]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:

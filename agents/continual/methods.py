@@ -8,7 +8,8 @@
 * ``lora``: a LoRA adapter per stage on the attention QKV projection over a backbone frozen
   after the first stage;
 * ``replay`` (perfect memory): each batch mixes the current stage with all earlier data;
-* ``agem``: the gradient is projected so that the loss on earlier data does not rise.
+* ``agem``: the gradient is projected so that the loss on earlier data does not rise;
+* ``mtl`` (the multi-task bound): every stage trains on all stages' data at once.
 
 Isolation (packnet, lora) is exact: frozen entries get no gradient and are written back after
 every optimizer step, so earlier stages' outputs stay bit-identical.
@@ -292,6 +293,15 @@ class AGEM(Method):
         }
 
 
+class MultiTask(Method):
+    """The multi-task bound: every stage trains everything on batches mixing all stages' data,
+    each sample through its own stage's head, so ``T`` stages are ``T x train.steps`` joint
+    steps, evaluated as the continual methods are. Row ``i`` of its success matrix is the success
+    after ``(i + 1) x train.steps`` joint steps; the last row (its P) is the bound."""
+
+    joint = True
+
+
 def build_method(cfg: ContinualConfig, stages: list[Stage]) -> Method:
     """The method named by ``cfg.method``."""
     name = cfg.method
@@ -307,6 +317,8 @@ def build_method(cfg: ContinualConfig, stages: list[Stage]) -> Method:
         return Replay(cfg.replay_fraction)
     if name == "agem":
         return AGEM(cfg.replay_fraction)
+    if name == "mtl":
+        return MultiTask()
     from orl.agents.compoformer.method import CompoFormer
 
     return CompoFormer(cfg, stages)

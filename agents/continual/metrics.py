@@ -9,16 +9,29 @@ last finished row ``n - 1`` (``n = T`` for a finished run), as the OCW code defi
 * forward transfer ``FWT = mean_{i<n-1} (R[i][i+1] - b[i+1])``
 
 Continual World's forward transfer compares the area under each task's success curve during
-its own stage with that of a single-task reference run: ``FT_i = (AUC_i - AUC_i^ref) /
-(1 - AUC_i^ref)`` (``AUC_i - 1`` when the reference is always successful), ``FT = mean_i FT_i``.
+its own stage with that of a single-task reference run of the task: ``FT_i = (AUC_i - AUC_i^ref)
+/ (1 - AUC_i^ref)`` (``AUC_i - 1`` when the reference is always successful), ``FT = mean_i FT_i``.
+A curve (:class:`Curve`) holds the success at steps ``0 .. train.steps`` into the stage's training
+(``orl.agents.continual.report.own_stage_curve``: the stage's start, then every
+``train.eval_every`` steps and the last step); ``AUC`` is its trapezoid area divided by the
+stage's length, so a success of 1 throughout has ``AUC = 1``. Both curves must be sampled at the
+same steps: ``train.eval_every <= train.steps / 5`` gives Continual World's 5 points or more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, TypedDict
 
 import numpy as np
+
+
+class Curve(TypedDict):
+    """Success on a task at ``steps`` (ascending, the first 0) into its stage's training."""
+
+    steps: list[int]
+    success: list[float]
 
 
 @dataclass(frozen=True)
@@ -59,20 +72,40 @@ def forward_transfer(matrix: np.ndarray, before: np.ndarray) -> float | None:
     return float(np.mean([matrix[i, i + 1] - before[i + 1] for i in range(n - 1)]))
 
 
-def cw_forward_transfer(curves: Sequence[Sequence[float]],
-                        references: Sequence[Sequence[float]]) -> float:
-    """Continual World's normalized forward transfer from each task's success curve during its
-    own stage and the single-task reference curve of the same task (AUC = curve mean)."""
+def area_under_curve(curve: Curve) -> float:
+    """Trapezoid area under ``curve`` over its steps, divided by their span (in [0, 1])."""
+    steps, success = np.asarray(curve["steps"], dtype=float), np.asarray(curve["success"], float)
+    if len(steps) != len(success) or len(steps) < 2 or steps[0] != 0 or np.any(np.diff(steps) <= 0):
+        raise ValueError(f"a success curve needs >= 2 points at ascending steps from 0, got {curve}")
+    return float(np.sum(np.diff(steps) * (success[1:] + success[:-1]) / 2) / steps[-1])
+
+
+def task_transfer(curve: Curve, reference: Curve) -> float:
+    """``FT_i`` of one task from its curve and its reference's, sampled at the same steps."""
+    if list(curve["steps"]) != list(reference["steps"]):
+        raise ValueError(f"evaluated at steps {list(curve['steps'])} of its stage but its reference "
+                         f"at {list(reference['steps'])}: run the reference with the same "
+                         "train.steps and train.eval_every")
+    auc, ref = area_under_curve(curve), area_under_curve(reference)
+    return auc - 1.0 if ref >= 1.0 else (auc - ref) / (1.0 - ref)
+
+
+def cw_forward_transfer(curves: Sequence[Curve], references: Sequence[Curve],
+                        names: Sequence[str] = ()) -> float:
+    """Continual World's forward transfer ``mean_i FT_i`` of tasks ``names`` (for the errors)
+    from each task's curve during its own stage and its single-task reference curve."""
     if len(curves) != len(references) or not curves:
         raise ValueError(f"{len(curves)} task curves but {len(references)} reference curves")
     values = []
-    for curve, reference in zip(curves, references):
-        auc, ref = float(np.mean(curve)), float(np.mean(reference))
-        values.append(auc - 1.0 if ref >= 1.0 else (auc - ref) / (1.0 - ref))
+    for i, (curve, reference) in enumerate(zip(curves, references)):
+        try:
+            values.append(task_transfer(curve, reference))
+        except ValueError as err:
+            raise ValueError(f"task {names[i] if names else i}: {err}") from None
     return float(np.mean(values))
 
 
-def summarize(matrix: np.ndarray, before: np.ndarray) -> ContinualMetrics:
+def summarize(matrix: np.ndarray | Sequence, before: np.ndarray | Sequence) -> ContinualMetrics:
     """P, F, FWT of success matrix ``matrix`` (T x T) and pre-training successes ``before``."""
     matrix, before = np.asarray(matrix, dtype=float), np.asarray(before, dtype=float)
     t = len(before)
@@ -83,3 +116,23 @@ def summarize(matrix: np.ndarray, before: np.ndarray) -> ContinualMetrics:
         raise ValueError("no finished stage yet: the success matrix has no complete row")
     return ContinualMetrics(performance(matrix), forgetting(matrix),
                             forward_transfer(matrix, before), n, t)
+
+
+def record_metrics(record: Mapping[str, Any],
+                   reference_curves: Mapping[str, Curve] | None = None) -> dict[str, Any]:
+    """P, F, FWT (success-matrix definitions) of a continual run's ``record`` (what
+    ``continual_record`` returns: ``stages``, ``envs``, ``before``, ``matrix`` with None/NaN rows
+    for unfinished stages, ``curves`` of the finished ones) and, given single-task reference
+    curves by env, Continual World's forward transfer of its finished stages."""
+    metrics = summarize(record["matrix"], record["before"])  # None -> NaN
+    if reference_curves is not None:
+        n = metrics.stages_done
+        envs = record["envs"][:n]
+        missing = sorted({env for env in envs if env not in reference_curves})
+        if missing:
+            raise ValueError(f"no single-task reference curve for {missing}: give a reference "
+                             "run (continual.reference=<stage>) of each")
+        transfer = cw_forward_transfer(record["curves"][:n], [reference_curves[e] for e in envs],
+                                       record["stages"][:n])
+        metrics = replace(metrics, cw_forward_transfer=transfer)
+    return metrics.to_dict()

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from orl.agents.continual.metrics import cw_forward_transfer, summarize
+from orl.agents.continual.metrics import Curve, finished_rows, record_metrics
 
 PLOTS_HINT = "pip install 'orl[plots]' (matplotlib) to get the plots"
 
@@ -21,6 +20,8 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     """Stage names, envs, before-training success ``b``, success matrix ``R`` (NaN rows for
     stages not finished) and the recorded evaluations of a continual run."""
     path = Path(run_dir) / "continual.json"
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"Run directory {str(run_dir)!r} does not exist.")
     if not path.is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} has no continual.json: it is not a continual "
                                 "run directory (train-agent with continual.enabled=true)")
@@ -34,26 +35,73 @@ def load_results(run_dir: Path) -> dict[str, Any]:
             "matrix": matrix, "evaluations": state["evaluations"], "notes": state["notes"]}
 
 
-def own_stage_curve(results: dict[str, Any], stage: int) -> list[float]:
-    """Success on task ``stage`` at the evaluations during its own stage's training; a stage
-    that trained nothing (CompoFormer composed it from an earlier policy) has the one point of
-    its end-of-stage evaluation."""
-    own = [e for e in results["evaluations"] if e["stage"] == stage]
-    trained = [e for e in own if e["phase"] == "train"]
-    return [e["success"][stage] for e in sorted(trained or own, key=lambda e: e["position"])]
+def own_stage_curve(results: dict[str, Any], stage: int) -> Curve:
+    """Success on task ``stage`` during its own (finished) stage, at steps into its training:
+    step 0 is the stage's start, before it trains (the previous stage's end-of-stage evaluation
+    ``R[stage-1][stage]``; ``b[0]`` for the first stage), then each evaluation of its ``train``
+    phase (every ``train.eval_every`` steps and at ``train.steps``). A stage that trained nothing
+    (CompoFormer composed it from an earlier policy) plays one fixed policy through the stage: its
+    curve has the end-of-stage success at every step at which the run's trained stages were
+    evaluated (the policy and the evaluation seed are the same, so are the results)."""
+    start = results["before"][0] if stage == 0 else results["matrix"][stage - 1][stage]
+    trained = train_evaluations(results, stage)
+    if trained:
+        steps, success = [e["step"] for e in trained], [e["success"][stage] for e in trained]
+    else:
+        steps = stage_steps(results)
+        success = [results["matrix"][stage][stage]] * len(steps)
+    return {"steps": [0, *steps], "success": [float(v) for v in (start, *success)]}
 
 
-def reference_curves(results: dict[str, Any], references: list[Path]) -> list[list[float]]:
-    """Single-task reference curve of each stage's env, from one-stage continual runs."""
-    curves: dict[str, list[float]] = {}
+def train_evaluations(results: dict[str, Any], stage: int) -> list[dict[str, Any]]:
+    """The evaluations during stage ``stage``'s ``train`` phase, by step."""
+    return sorted((e for e in results["evaluations"] if e["stage"] == stage and e["phase"] == "train"),
+                  key=lambda e: e["step"])
+
+
+def stage_steps(results: dict[str, Any]) -> list[int]:
+    """The steps at which the first trained stage of a run was evaluated (every stage trains
+    ``train.steps`` and is evaluated every ``train.eval_every`` steps)."""
+    for stage in range(len(results["names"])):
+        trained = train_evaluations(results, stage)
+        if trained:
+            return [e["step"] for e in trained]
+    raise ValueError("no stage of this run was trained: its success curves have no steps")
+
+
+def continual_record(results: dict[str, Any]) -> dict[str, Any]:
+    """What the results store keeps of a continual run (JSON, NaN as None): ``stages``,
+    ``envs``, ``before``, ``matrix`` (None rows for unfinished stages) and the ``curves`` of its
+    finished stages (``own_stage_curve``); ``record_metrics`` computes the metrics from it."""
+    def plain(values: np.ndarray) -> list[Any]:
+        return [None if np.isnan(v) else float(v) for v in values]
+
+    n = finished_rows(results["matrix"])
+    return {"stages": results["names"], "envs": results["envs"],
+            "before": plain(results["before"]), "matrix": [plain(row) for row in results["matrix"]],
+            "curves": [own_stage_curve(results, i) for i in range(n)]}
+
+
+def continual_metrics(results: dict[str, Any],
+                      reference_curves: dict[str, Curve] | None = None) -> dict[str, Any]:
+    """P, F, FWT of a continual run (``load_results``) and, given single-task reference curves by
+    env (``reference_curves``), Continual World's forward transfer: ``orl report`` and the
+    study's records compute them here, through ``record_metrics``."""
+    return record_metrics(continual_record(results), reference_curves)
+
+
+def reference_curves(references: list[Path]) -> dict[str, Curve]:
+    """The single-task reference curve of each env from reference runs (``continual.reference``:
+    one-stage continual runs), by env; an env given twice is an error."""
+    curves: dict[str, Curve] = {}
     for run in references:
-        ref = load_results(run)
-        for stage, env in enumerate(ref["envs"]):
-            curves.setdefault(env, own_stage_curve(ref, stage))
-    missing = sorted({env for env in results["envs"] if not curves.get(env)})
-    if missing:
-        raise ValueError(f"no reference curve for {missing}: give a single-task run of each")
-    return [curves[env] for env in results["envs"]]
+        record = continual_record(load_results(run))
+        for env, curve in zip(record["envs"], record["curves"]):
+            if env in curves:
+                raise ValueError(f"two reference runs of {env} (the second in {str(run)!r}): "
+                                 "give one per env")
+            curves[env] = curve
+    return curves
 
 
 def report(run_dir: Path, references: list[Path] = (), logger: Any = None,
@@ -67,13 +115,7 @@ def report(run_dir: Path, references: list[Path] = (), logger: Any = None,
     out: dict[str, Any] = {"stages": results["names"], "before": before.tolist(),
                            "matrix": matrix.tolist(), "notes": results["notes"]}
     if not np.isnan(matrix[0]).any():  # at least one stage finished
-        metrics = summarize(matrix, before)
-        if references:
-            n = metrics.stages_done
-            curves = [own_stage_curve(results, i) for i in range(n)]
-            transfer = cw_forward_transfer(curves, reference_curves(results, list(references))[:n])
-            metrics = replace(metrics, cw_forward_transfer=transfer)
-        out |= metrics.to_dict()
+        out |= continual_metrics(results, reference_curves(list(references)) if references else None)
     write_json(run_dir / "report.json", out)
     plots = write_plots(run_dir, results)
     if not quiet:
@@ -172,5 +214,6 @@ def add_report_parser(commands: Any) -> None:
     parser = commands.add_parser("report", help="success matrix, P/F/FWT and plots of a continual run")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--reference", type=Path, nargs="*", default=[],
-                        help="single-task continual runs giving Continual World's forward transfer")
+                        help="single-task reference runs (continual.reference=<stage>) of the "
+                        "run's envs: Continual World's forward transfer against them")
     parser.set_defaults(func=_cmd_report)

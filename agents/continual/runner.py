@@ -2,16 +2,20 @@
 
 Every stage (and every phase of a stage, e.g. CompoFormer's warm-up) is one run of the one
 ``Trainer`` in its own folder ``stages/<NN>-<name>/<phase>/``, which resumes within the phase.
-Between phases the agent is saved (``<phase>.done``) and ``continual.json`` records, atomically,
-where the sequence stands, the success of every task before training, after every stage (the
-success matrix) and at every evaluation (the curves). An interrupted run continues with
-``train-agent --resume RUN_DIR``.
+Between phases the agent and the global RNG states are saved (``<phase>.done``) and
+``continual.json`` records, atomically, where the sequence stands, the success of every task
+before training, after every stage (the success matrix) and at every evaluation (the curves).
+An interrupted run continues with ``train-agent --resume RUN_DIR`` from the last ``<phase>.done``
+and its RNG states (each phase's sampler is seeded by its stage), so it ends as the
+uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 
 from orl.agents.continual.agent import ContinualAgent, Method
-from orl.agents.continual.stages import Stage, check_stages, load_stage_stores, resolve_stages
+from orl.agents.continual.stages import Stage, action_heads, check_stages, load_stage_stores, resolve_stages
 from orl.agents.dt import DataSpec
 from orl.datasets.sampler import SegmentSampler
 from orl.datasets.store import TrajectoryStore
@@ -35,11 +39,13 @@ def build_continual_agent(cfg: Any, spec: DataSpec, state_mean: np.ndarray,
     from orl.model.dt import DTConfig
 
     stages = resolve_stages(cfg)
+    num_heads, heads = action_heads(cfg)
     model_cfg = DTConfig(obs_dim=spec.obs_dim, act_dim=spec.act_dim,
                          context_len=cfg.sampler.context_len,
-                         num_action_heads=len(spec.task_names), **asdict(cfg.model))
+                         num_action_heads=num_heads, action_low=spec.action_low,
+                         action_high=spec.action_high, **asdict(cfg.model))
     method = build_method(cfg.continual, stages)
-    return ContinualAgent(model_cfg, spec, state_mean, state_std, method)
+    return ContinualAgent(model_cfg, spec, state_mean, state_std, method, heads)
 
 
 def last_snapshot(run_dir: Path) -> Path:
@@ -48,6 +54,29 @@ def last_snapshot(run_dir: Path) -> Path:
     if not state["restore"]:
         raise FileNotFoundError(f"continual run {str(run_dir)!r} has not finished a phase yet")
     return Path(run_dir) / state["restore"]
+
+
+def global_rng_state(device: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The global RNG states: python's and numpy's as JSON, torch's (and CUDA's) as tensors."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return ({"numpy": [keys.tolist(), pos, has_gauss, gauss],
+             "python": [version, list(internal), gauss_next]}, tensors)
+
+
+def set_global_rng_state(state: dict[str, Any], tensors: dict[str, torch.Tensor],
+                         device: Any) -> None:
+    """Restore what ``global_rng_state`` returned."""
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
 
 
 class ReplaySampler(SegmentSampler):
@@ -85,13 +114,16 @@ class ContinualRun:
     """One continual run in ``run_dir``: checks every stage, then trains them in order."""
 
     def __init__(self, cfg: Any, run_dir: Path, logger: Any = None) -> None:
-        from orl.experiment import check_env_dims, seed_everything
+        from orl.experiment import check_env_dims, check_max_timestep, run_action_bounds, seed_everything
 
         self.cfg, self.run_dir, self.logger = cfg, Path(run_dir), logger
         self.stages = check_stages(resolve_stages(cfg))
         self.stores = load_stage_stores(self.stages)
-        check_env_dims(self.stores[0].obs_dim, self.stores[0].act_dim,
-                       list(dict.fromkeys(s.eval_task for s in self.stages)))
+        eval_tasks = list(dict.fromkeys(s.eval_task for s in self.stages))
+        check_env_dims(self.stores[0].obs_dim, self.stores[0].act_dim, eval_tasks)
+        check_max_timestep(cfg.model.max_timestep,
+                           np.concatenate([s.episode_lengths for s in self.stores]), eval_tasks,
+                           cfg.eval.max_steps)
         seed_everything(cfg.run.seed)
         stats = [store.state_stats() for store in self.stores]
         mean = np.stack([m[i] for i, (m, _) in enumerate(stats)])
@@ -99,9 +131,12 @@ class ContinualRun:
         targets = [cfg.eval.target_return if cfg.eval.target_return is not None
                    else float(store.episode_returns.max()) for store in self.stores]
         first = self.stores[0]
+        low, high = run_action_bounds(cfg, [s.dataset for s in self.stages], eval_tasks,
+                                      np.concatenate([s.actions for s in self.stores]))
         self.spec = DataSpec(obs_dim=first.obs_dim, act_dim=first.act_dim,
                              task_names=[s.name for s in self.stages],
-                             rtg_scale=cfg.sampler.rtg_scale, target_returns=targets)
+                             rtg_scale=cfg.sampler.rtg_scale, target_returns=targets,
+                             action_low=low, action_high=high)
         self.agent = build_continual_agent(cfg, self.spec, mean, std)
         self.device = "cuda" if cfg.train.device == "auto" and torch.cuda.is_available() else (
             "cpu" if cfg.train.device == "auto" else cfg.train.device)
@@ -160,7 +195,8 @@ class ContinualRun:
 
         ev = self.cfg.eval
         envs = [self.stages[i].eval_task for i in group]
-        with torch.no_grad():
+        devices = [self.device] if torch.device(self.device).type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):  # training RNG untouched
             result = evaluate(self.agent.policy(stages=group, task_names=envs), envs,
                               episodes=episodes, num_envs=ev.num_envs, seed=self.cfg.run.seed,
                               vector=ev.vector, max_steps=ev.max_steps, progress=False)
@@ -186,8 +222,12 @@ class ContinualRun:
 
     # --------------------------------------------------------------- training
     def sampler(self, stage: int) -> SegmentSampler:
-        """Stage ``stage``'s data (plus all earlier data for replay methods)."""
+        """Stage ``stage``'s data (plus all earlier data for replay methods, all stages' data
+        for the multi-task bound)."""
         seed = self.cfg.run.seed + 1000 * stage
+        if self.method.joint:
+            return SegmentSampler(TrajectoryStore.concatenate(self.stores), self.cfg.sampler,
+                                  seed=seed, device=self.device)
         if self.method.memory_share > 0 and stage > 0:
             store = TrajectoryStore.concatenate(self.stores[: stage + 1])
             return ReplaySampler(store, self.cfg.sampler, seed, stage, self.method.memory_share,
@@ -223,11 +263,24 @@ class ContinualRun:
         from orl.train.checkpoint import save_checkpoint
 
         path = self.stage_dir(stage) / f"{phase}.done"
-        save_checkpoint(path, self.agent, state={"extra": self.extra_state(stage)})
+        rng, tensors = global_rng_state(self.device)
+        save_checkpoint(path, self.agent, state={"extra": self.extra_state(stage), "rng": rng,
+                                                 "tensors": tensors})
         self.state["phases_done"].append(phase)
         self.state["restore"] = str(path.relative_to(self.run_dir))
         self.state["steps_done"] += steps
         self.save_state()
+
+    def restore(self, path: Path) -> None:
+        """Load the agent and the global RNG states that ``phase_done`` saved in ``path``."""
+        from orl.train.checkpoint import load_checkpoint
+
+        state = load_checkpoint(path, self.agent)
+        if "rng" in state:
+            set_global_rng_state(state["rng"], state["tensors"], self.device)
+        else:
+            warnings.warn(f"{path} has no RNG states (an older orl wrote it): the resumed run "
+                          "may differ from an uninterrupted one", stacklevel=2)
 
     def stage_row(self, stage: int) -> list[float]:
         """Success on every task after ``stage``: its last evaluation, else a fresh one."""
@@ -241,11 +294,10 @@ class ContinualRun:
     def run(self) -> dict[str, Any]:
         """Train the remaining stages; return the metrics of the run."""
         from orl.agents.continual.report import report
-        from orl.train.checkpoint import load_model_weights
 
         self.agent.to(self.device)
         if self.state["restore"]:
-            load_model_weights(self.run_dir / self.state["restore"], self.agent)
+            self.restore(self.run_dir / self.state["restore"])
         if self.state["before"] is None:
             self.state["before"] = self.evaluate_all().tolist()
             self.save_state()

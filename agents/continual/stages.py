@@ -23,7 +23,35 @@ class Stage:
 
 
 def resolve_stages(cfg: Any) -> list[Stage]:
-    """The stages of experiment config ``cfg`` (``continual.tasks`` or ``continual.stages``).
+    """The stages experiment config ``cfg`` trains: the sequence, or with
+    ``continual.reference`` its stage of that name alone (as stage 0)."""
+    sequence = sequence_stages(cfg)
+    if not cfg.continual.reference:
+        return sequence
+    return [replace(reference_stage(cfg, sequence), index=0)]
+
+
+def action_heads(cfg: Any) -> tuple[int, list[int]]:
+    """The number of action heads of ``cfg``'s model (one per stage of the sequence) and the
+    head of each stage ``resolve_stages`` gives: a reference run keeps every head and trains
+    the one its stage has in the sequence."""
+    sequence = sequence_stages(cfg)
+    if not cfg.continual.reference:
+        return len(sequence), [s.index for s in sequence]
+    return len(sequence), [reference_stage(cfg, sequence).index]
+
+
+def reference_stage(cfg: Any, sequence: list[Stage]) -> Stage:
+    """The stage of ``sequence`` named ``continual.reference``."""
+    names = [s.name for s in sequence]
+    if cfg.continual.reference not in names:
+        raise ValueError(f"continual.reference={cfg.continual.reference!r} is not a stage of the "
+                         f"sequence; give one of {names}")
+    return sequence[names.index(cfg.continual.reference)]
+
+
+def sequence_stages(cfg: Any) -> list[Stage]:
+    """The stages of the sequence of ``cfg`` (``continual.tasks`` or ``continual.stages``).
 
     A task repeated in the sequence (OCW20) gets its occurrence in the name: ``hammer-v3#2``.
     """

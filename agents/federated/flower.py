@@ -55,26 +55,32 @@ def experiment_config(run_config: dict[str, Any]) -> Any:
 
 class FlowerClients:
     """``FederatedRun``'s runtime over a Flower ``Grid``: one train message per assignment,
-    addressed to the node that holds the assignment's client."""
+    addressed to the node that holds the assignment's client.
+
+    Before every round the client-to-node map is refreshed: a node that joined since (a
+    restarted SuperNode comes back under a new node id) is asked which partition it holds and
+    takes it over; a node the SuperLink no longer lists is dropped, and its client is reported
+    failed until a node holds its partition again.
+    """
 
     def __init__(self, grid: Grid, num_clients: int, timeout_s: float = 0.0,
                  wait_s: float = 120.0) -> None:
         self.grid = grid
         self.timeout = timeout_s or None
-        self.node_of = self._discover(num_clients, wait_s)
+        self.wait_s = wait_s
+        self.asked: set[int] = set()  # nodes that said which partition they hold
+        self.node_of = self._discover(num_clients)
 
-    def _discover(self, num_clients: int, wait_s: float) -> dict[int, int]:
+    def _discover(self, num_clients: int) -> dict[int, int]:
         """client index -> node id, asking every connected node which partition it holds."""
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + self.wait_s
         while len(nodes := list(self.grid.get_node_ids())) < num_clients:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(nodes)} of the {num_clients} SuperNodes connected within "
-                                   f"{wait_s:.0f} s: start one SuperNode per client")
+                                   f"{self.wait_s:.0f} s: start one SuperNode per client")
             time.sleep(0.5)
-        queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
-                   for node in nodes]
         node_of: dict[int, int] = {}
-        for reply in self.grid.send_and_receive(queries, timeout=wait_s):
+        for reply in self._query(nodes):
             if reply.has_error():
                 raise RuntimeError(f"node {reply.metadata.src_node_id} failed to describe itself: "
                                    f"{reply.error.reason}")
@@ -88,15 +94,42 @@ class FlowerClients:
             raise RuntimeError(f"no SuperNode holds partition-id {missing} (found {sorted(node_of)})")
         return node_of
 
+    def _query(self, nodes: list[int]) -> list[Message]:
+        """The replies of ``nodes`` to "which partition do you hold?" (within ``wait_s``)."""
+        queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
+                   for node in nodes]
+        replies = list(self.grid.send_and_receive(queries, timeout=self.wait_s))
+        self.asked |= {r.metadata.src_node_id for r in replies if not r.has_error()}
+        return replies
+
+    def _refresh(self) -> None:
+        """Drop nodes that left; map the partitions of nodes that joined."""
+        nodes = set(self.grid.get_node_ids())
+        for client in [c for c, node in self.node_of.items() if node not in nodes]:
+            log.warning("client %d: its node %d left", client, self.node_of.pop(client))
+        joined = sorted(nodes - self.asked)
+        for reply in self._query(joined) if joined else []:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning("node %d failed to describe itself: %s", node, reply.error.reason)
+                continue
+            client = int(reply.content["client"]["partition-id"])
+            log.warning("client %d: now on node %d (was %s)", client, node, self.node_of.get(client))
+            self.node_of[client] = node
+
     def __call__(self, assignments: list[Assignment]) -> dict[int, Update | str]:
-        slot_of = {self.node_of[a.client]: a.slot for a in assignments}
+        self._refresh()
+        results: dict[int, Update | str] = {
+            a.slot: f"no SuperNode holds partition-id {a.client}"
+            for a in assignments if a.client not in self.node_of}
+        sent = [a for a in assignments if a.client in self.node_of]
+        slot_of = {self.node_of[a.client]: a.slot for a in sent}
         messages = [Message(RecordDict({
             "arrays": ArrayRecord(a.weights),
             "config": ConfigRecord({"round": a.round, "client": a.client,
                                     "proximal-mu": a.proximal_mu})}),
             dst_node_id=self.node_of[a.client], message_type=MessageType.TRAIN)
-            for a in assignments]
-        results: dict[int, Update | str] = {}
+            for a in sent]
         for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
             slot = slot_of.get(reply.metadata.src_node_id)
             if slot is None:

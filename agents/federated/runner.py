@@ -137,6 +137,8 @@ class FederatedRun:
             metrics = self._after_round(report)
         latest = latest_checkpoint(self.run_dir)
         copy_checkpoint(latest, checkpoints_dir(self.run_dir) / "final")
+        if self.evaluator is not None and self.evaluator.last is None:  # resumed after the last
+            self.evaluate(self.strategy.round)  # round: the final evaluation again, same result
         if self.evaluator is not None and self.evaluator.last is not None:
             report_final(self.evaluator.last, self.run_dir, self.logger, self.strategy.round)
         return metrics

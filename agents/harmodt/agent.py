@@ -6,7 +6,8 @@ weights outside the mask are left exactly as they were (AdamW's momentum and wei
 otherwise move them), restored from a copy of the masked layers made just before the optimizer
 step. Upper level, every ``mask_interval`` steps (variants M and F): per-task masked and unmasked
 gradients on a fresh batch of every task (two passes in all, ``MaskUpdate.task_grads``), then
-prune/regrow (``masks.update_task_masks``). Masks are buffers of the model, updated in place (a
+prune/regrow (``masks.update_task_masks``, over each task's whole mask unless
+``mask_scope=layer``). Masks are buffers of the model, updated in place (a
 recorded CUDA graph keeps reading them), so they are saved and restored with every checkpoint.
 
 G-HarmoDT (``num_groups > 0``) clusters the tasks at the first mask update, learns one mask per
@@ -28,6 +29,7 @@ from orl.agents.dt import DataSpec, DTAgent, action_mse
 from orl.agents.harmodt.gate import GroupGate, pooled_stats
 from orl.agents.harmodt.groups import cluster_tasks, gradient_similarity
 from orl.agents.harmodt.masks import (
+    MASK_SCOPES,
     VARIANTS,
     apply_masks,
     change_count,
@@ -49,7 +51,9 @@ class HarmoDTConfig:
     variant: str = "F"  # R: fixed random masks; M: magnitude; F: Fisher
     sparsity: float = 0.2  # of every task mask (ERK densities over the block weights)
     mask_interval: int = 500  # steps between mask updates
-    eta_max: int = 100  # entries changed per task and layer at the middle of training
+    eta_max: int = 100  # entries changed per task at the middle of training
+    mask_scope: str = "whole"  # whole: eta_max over each task's whole mask (the released code;
+    #                            density moves between layers); layer: eta_max in every layer
     gamma: float = 10.0  # weight of the harmony agreement in the prune score
     merge_thres: int = 0  # task-agnostic model: keep weights active in >= this many task
     #                       masks (0: half the tasks, rounded up)
@@ -64,6 +68,9 @@ class HarmoDTConfig:
             raise ValueError(f"agent.harmodt.sparsity must be in [0, 1), got {self.sparsity}")
         if self.mask_interval <= 0:
             raise ValueError(f"agent.harmodt.mask_interval must be > 0, got {self.mask_interval}")
+        if self.mask_scope not in MASK_SCOPES:
+            raise ValueError(f"agent.harmodt.mask_scope must be one of {MASK_SCOPES}, "
+                             f"got {self.mask_scope!r}")
         if self.eta_max < 0:
             raise ValueError(f"agent.harmodt.eta_max must be >= 0, got {self.eta_max}")
         if self.merge_thres < 0:
@@ -301,7 +308,7 @@ class MaskUpdate(Callback):
             {n: m[first] for n, m in agent.task_masks().items()}, weights,
             {n: group_mean(g) for n, g in task_masked.items()},
             {n: group_mean(g) for n, g in task_full.items()},
-            count, cfg.gamma, cfg.variant,
+            count, cfg.gamma, cfg.variant, cfg.mask_scope,
         )
         agent.set_task_masks({n: m[groups] for n, m in new.items()})
         if torch.distributed.is_available() and torch.distributed.is_initialized():

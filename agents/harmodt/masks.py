@@ -5,8 +5,10 @@ blocks). Masks start random with Erdos-Renyi-Kernel densities (``erk_densities``
 ``random_masks``); every ``mask_interval`` steps the upper level prunes the active entries with
 the lowest score and regrows as many inactive entries with the highest agreement between the
 harmony gradient and the task's gradient (``update_task_masks``), so each task's sparsity never
-changes. Masks are dicts ``name -> (num_tasks, *weight_shape)`` bool tensors, with names from
-``Transformer.linears()`` (e.g. ``"blocks.0.attn.qkv"``).
+changes. As in the released code, the entries to change are picked over each task's whole mask
+(all masked layers as one flat vector, so density moves between layers); ``scope="layer"``
+picks that many in every layer instead. Masks are dicts ``name -> (num_tasks, *weight_shape)``
+bool tensors, with names from ``Transformer.linears()`` (e.g. ``"blocks.0.attn.qkv"``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from orl.model.transformer import Transformer
 
 VARIANTS = ("R", "M", "F")  # random (fixed masks), magnitude, Fisher
+MASK_SCOPES = ("whole", "layer")  # one task's change count: over its whole mask, in each layer
 
 
 def erk_densities(shapes: dict[str, tuple[int, ...]], sparsity: float,
@@ -80,14 +83,17 @@ def random_masks(shapes: dict[str, tuple[int, ...]], densities: dict[str, float]
 
 
 def change_count(step: int, total_steps: int, eta_max: int) -> int:
-    """Entries to change per task and layer at ``step``: a raised-cosine bump,
+    """Entries to change per task at the update after (1-based) step ``step``: a raised-cosine
+    bump, as the released ``main.py`` computes it (``cosine_annealing`` with eta_min 0, at
+    ``alpha = iter / max_iters`` with the 0-based ``iter = step - 1``, truncated by ``int``):
 
-    ``round(eta_max * 0.5 * (1 - cos(2 * pi * step / total_steps)))``:
-    0 at step 0, ``eta_max`` at ``total_steps / 2``, 0 again at ``total_steps``.
+    ``int(eta_max - 0.5 * eta_max * (1 + cos(2 * pi * (step - 1) / total_steps)))``:
+    0 at the start, ``eta_max`` half-way, 0 again at the end.
     """
     if total_steps <= 0:
         raise ValueError(f"total_steps must be > 0, got {total_steps}")
-    return round(eta_max * 0.5 * (1.0 - math.cos(2.0 * math.pi * step / total_steps)))
+    alpha = (step - 1) / total_steps
+    return int(eta_max - 0.5 * eta_max * (1.0 + math.cos(2.0 * math.pi * alpha)))
 
 
 def prune_scores(weight: torch.Tensor, grad_task: torch.Tensor, harmony: torch.Tensor,
@@ -129,8 +135,8 @@ def update_masks(masks: torch.Tensor, prune_scores: torch.Tensor, regrow_scores:
                  count: int) -> torch.Tensor:
     """``update_mask`` for (num_tasks, ...) masks and scores at once, without a host sync.
 
-    Inactive entries sort last for pruning (+inf) and active ones last for regrowing (-inf); the
-    first ``min(count, active, inactive)`` of each task's stable sort change.
+    Inactive entries rank last for pruning (+inf) and active ones last for regrowing (-inf); the
+    first ``min(count, active, inactive)`` of each task's ranking change (``first_in_order``).
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
@@ -139,39 +145,67 @@ def update_masks(masks: torch.Tensor, prune_scores: torch.Tensor, regrow_scores:
         return masks.clone()
     active = flat.sum(dim=1, keepdim=True)
     change = torch.minimum(active, flat.shape[1] - active).clamp_max(count)  # (T, 1)
-    first = torch.arange(flat.shape[1], device=flat.device) < change  # (T, n) by rank
-
-    def pick(keys: torch.Tensor, descending: bool) -> torch.Tensor:
-        order = torch.sort(keys, dim=1, descending=descending, stable=True).indices
-        return torch.zeros_like(flat).scatter_(1, order, first)
-
-    off = pick(prune_scores.flatten(1).masked_fill(~flat, float("inf")), descending=False)
-    on = pick(regrow_scores.flatten(1).masked_fill(flat, float("-inf")), descending=True)
+    k = min(count, flat.shape[1])
+    off = first_in_order(prune_scores.flatten(1).masked_fill(~flat, float("inf")), change, k)
+    on = first_in_order(-regrow_scores.flatten(1).masked_fill(flat, float("-inf")), change, k)
     return ((flat & ~off) | on).view_as(masks)
+
+
+def first_in_order(keys: torch.Tensor, change: torch.Tensor, k: int) -> torch.Tensor:
+    """(T, n) bool: in each row of ``keys`` the ``change`` (T, 1) entries a stable ascending
+    sort puts first (equal keys: lowest index first), for ``change <= k``.
+
+    One top-k finds each row's ``change``-th smallest key; the keys below it are in, and so are
+    the lowest-index keys equal to it, as many as are still missing (no full sort).
+    """
+    smallest = keys.topk(k, dim=1, largest=False).values  # (T, k), ascending
+    last = smallest.gather(1, (change - 1).clamp_min(0))  # (T, 1); change 0: nothing is below
+    # every key below `last` is among the `change - 1` smallest: count them there
+    missing = (change - (smallest < last).sum(dim=1, keepdim=True)).to(torch.int32)
+    ties = keys == last
+    tie_rank = ties.to(torch.int32).cumsum(dim=1, dtype=torch.int32)
+    return (keys < last) | (ties & (tie_rank <= missing))
 
 
 @torch.no_grad()
 def update_task_masks(masks: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
                       masked_grads: dict[str, torch.Tensor], full_grads: dict[str, torch.Tensor],
-                      count: int, gamma: float, variant: str) -> dict[str, torch.Tensor]:
+                      count: int, gamma: float, variant: str,
+                      scope: str = "whole") -> dict[str, torch.Tensor]:
     """The upper-level step: new (num_tasks, ...) masks for every layer of ``masks``.
 
-    Per layer the harmony gradient is ``h = mean_i g_i`` over the tasks' masked gradients
-    ``g_i``; task ``i`` prunes by ``prune_scores(w, g_i, h, gamma, variant)`` and regrows by
-    ``h * G_i``, with ``G_i`` its gradient without the mask (``g_i`` is zero at every inactive
-    entry). Variant ``"R"`` returns the masks unchanged. The inputs are not modified.
+    The harmony gradient is ``h = mean_i g_i`` over the tasks' masked gradients ``g_i``; task
+    ``i`` prunes by ``prune_scores(w, g_i, h, gamma, variant)`` and regrows by ``h * G_i``, with
+    ``G_i`` its gradient without the mask (``g_i`` is zero at every inactive entry). ``scope``
+    ``"whole"`` changes ``count`` entries of each task's mask over all layers at once (one
+    ranking of the concatenated, row-major flattened layers, in the order of ``masks``);
+    ``"layer"`` changes ``count`` in every layer. Variant ``"R"`` returns the masks unchanged.
+    The inputs are not modified; no host sync.
     """
     if variant not in VARIANTS:
         raise ValueError(f"harmodt.variant must be one of {list(VARIANTS)}, got {variant!r}")
+    if scope not in MASK_SCOPES:
+        raise ValueError(f"harmodt.mask_scope must be one of {list(MASK_SCOPES)}, got {scope!r}")
     if variant == "R":
         return {name: mask.clone() for name, mask in masks.items()}
-    new_masks = {}
-    for name, mask in masks.items():
-        weight, grads, full = weights[name].detach(), masked_grads[name], full_grads[name]
+
+    def update(mask: torch.Tensor, weight: torch.Tensor, grads: torch.Tensor,
+               full: torch.Tensor) -> torch.Tensor:
         harmony = grads.mean(dim=0)
-        new_masks[name] = update_masks(mask, prune_scores(weight, grads, harmony, gamma, variant),
-                                       harmony * full, count)
-    return new_masks
+        return update_masks(mask, prune_scores(weight.detach(), grads, harmony, gamma, variant),
+                            harmony * full, count)
+
+    names = list(masks)
+    if scope == "layer":
+        return {n: update(masks[n], weights[n], masked_grads[n], full_grads[n]) for n in names}
+
+    def flat(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([tensors[n].flatten(1) for n in names], dim=1)
+
+    weight = torch.cat([weights[n].flatten() for n in names])
+    new = update(flat(masks), weight, flat(masked_grads), flat(full_grads))
+    parts = new.split([masks[n][0].numel() for n in names], dim=1)
+    return {n: part.view_as(masks[n]) for n, part in zip(names, parts)}
 
 
 def merged_mask(masks: torch.Tensor, merge_thres: int) -> torch.Tensor:

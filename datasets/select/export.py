@@ -45,6 +45,8 @@ def export_selection(store: TrajectoryStore, episodes: np.ndarray, dataset_id: s
     """
     from gymnasium.spaces import Box
 
+    from orl.datasets.origin import recorded_bounds
+
     root = Path(root) if root is not None else datasets_root()
     final = dataset_dir(dataset_id, root)
     if final.exists():
@@ -54,7 +56,8 @@ def export_selection(store: TrajectoryStore, episodes: np.ndarray, dataset_id: s
     episodes = np.asarray(episodes, dtype=np.int64)
     chosen = store.select_episodes(episodes)
     present = np.unique(chosen.episode_task)
-    high = 1.0 if np.abs(chosen.actions).max() <= 1.0 else np.inf
+    bounds = recorded_bounds(list(store.sources), root)  # unknown: unbounded, not the data's range
+    low, high = bounds or ([-np.inf] * chosen.act_dim, [np.inf] * chosen.act_dim)
     metadata = {
         "orl_selection": {
             **selection, "sources": list(store.sources), "source_episodes": episodes.tolist(),
@@ -67,7 +70,7 @@ def export_selection(store: TrajectoryStore, episodes: np.ndarray, dataset_id: s
     return write_dataset(
         dataset_id, _episodes(chosen), root, metadata,
         observation_space=Box(-np.inf, np.inf, (chosen.obs_dim,), np.float32),
-        action_space=Box(-high, high, (chosen.act_dim,), np.float32),
+        action_space=Box(np.array(low, np.float32), np.array(high, np.float32), dtype=np.float32),
         algorithm_name=f"orl select ({selection.get('method', 'unknown')})",
         description=(f"{chosen.num_episodes} of {store.num_episodes} episodes of "
                      f"{', '.join(store.sources) or 'a store'} selected by orl "

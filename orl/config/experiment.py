@@ -47,7 +47,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Training data: Meta-World tasks at a level (made locally when missing), or explicit ids."""
+    """Training data: Meta-World tasks at a level (made locally when missing), or explicit ids.
+
+    ``datasets`` replaces ``tasks``: with datasets given, ``tasks`` is emptied, so the run's
+    saved config.yaml names only the data it trained on (a config's tasks may stay in place)."""
 
     tasks: list[str] = field(default_factory=lambda: ["MT10"])  # tasks and/or benchmarks
     level: str = "near-optimal"
@@ -59,6 +62,10 @@ class DataConfig:
     unseen_tasks: list[str] = field(default_factory=list)  # held out of training; evaluated
     #   from a prompt of a few of their trajectories (prompt_dt, harmodt)
     unseen_episodes: int = 5  # trajectories of each unseen task the policy may see
+
+    def __post_init__(self) -> None:
+        if self.datasets:
+            self.tasks = []
 
 
 @dataclass
@@ -75,6 +82,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.episodes <= 0 or self.num_envs <= 0:
             raise ValueError("eval.episodes and eval.num_envs must be positive")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"eval.max_steps must be > 0 (null: the env's limit), got {self.max_steps}")
         if self.vector not in VECTOR_MODES:
             raise ValueError(f"eval.vector must be one of {VECTOR_MODES}, got {self.vector!r}")
 
@@ -86,6 +95,7 @@ class RunConfig:
     seed: int = 0
     logger: str = "wandb"  # none | csv | wandb (offline unless WANDB_MODE says otherwise)
     wandb_project: str = "orl"
+    wandb_group: str | None = None  # e.g. the study a run belongs to (the dashboard groups it)
 
     def __post_init__(self) -> None:
         if self.logger not in LOGGER_NAMES:

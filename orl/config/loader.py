@@ -80,23 +80,77 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; missing keys keep their defaults."""
+    """Build dataclass ``cls`` from ``data``; missing keys keep their defaults.
+
+    A section given in part is merged into the default instance of its field (e.g.
+    ``ExperimentConfig.train``), so a key not given always has the value ``--help`` shows.
+    """
+    return _build(cls, data, prefix, base=None, root=cls)
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str, base: T | None, root: type) -> T:
+    """``cls`` from ``data`` over ``base`` (None: ``cls``'s own defaults); ``root`` is the
+    top-level config class, searched for the keys an unknown key may have meant."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" Did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else ""
-            raise ConfigError(f"Unknown config key {full!r}.{hint} Valid keys here: {', '.join(names)}.")
-        kwargs[key] = _coerce(value, hints[key], full)
+            raise _unknown_key(key, prefix, names, root)
+        default = _field_default(cls, base, key) if isinstance(value, dict) else None
+        if dataclasses.is_dataclass(default):  # a section given in part: merged into its default
+            kwargs[key] = _build(type(default), value, full, default, root)
+        else:
+            kwargs[key] = _coerce(value, hints[key], full)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"{prefix or cls.__name__}: {err}") from err
+        named = prefix and str(err).startswith(f"{prefix}.")  # the message names the key already
+        raise ConfigError(str(err) if named else f"{prefix or cls.__name__}: {err}") from err
+
+
+def _field_default(cls: type, base: Any, name: str) -> Any:
+    """The value field ``name`` has when not given: ``base``'s, else the field's default."""
+    if base is not None:
+        return getattr(base, name)
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _option_keys(cls: type, prefix: str = "") -> list[str]:
+    """Dotted names of every leaf option of dataclass ``cls`` (nested sections walked)."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _option_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _unknown_key(key: str, prefix: str, names: list[str], root: type) -> ConfigError:
+    """The error for unknown ``key`` of section ``prefix``: suggests a close key of the section,
+    else a key of the same or a close name in another section (``model.context_len`` ->
+    ``sampler.context_len``)."""
+    full = f"{prefix}.{key}" if prefix else key
+    close = difflib.get_close_matches(key, names, n=1)
+    if close:
+        hint = f" Did you mean {prefix + '.' if prefix else ''}{close[0]}?"
+    else:
+        by_name: dict[str, list[str]] = {}
+        for option in _option_keys(root):
+            by_name.setdefault(option.rsplit(".", 1)[-1], []).append(option)
+        elsewhere = difflib.get_close_matches(key, list(by_name), n=1)
+        hint = f" Did you mean {' or '.join(by_name[elsewhere[0]])}?" if elsewhere else ""
+    return ConfigError(f"Unknown config key {full!r}.{hint} Valid keys here: {', '.join(names)}.")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -145,18 +199,23 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
     """Defaults of ``cls``, then the YAML file, then the overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"Config file {str(path)!r} does not exist.")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"Config file {str(path)!r} must hold a mapping at the top level.")
+    data = read_yaml_mapping(path) if path is not None else {}
     return from_dict(cls, merge(data, parse_overrides(list(overrides))))
+
+
+def read_yaml_mapping(path: str | Path, what: str = "Config file") -> dict[str, Any]:
+    """The mapping a YAML file holds; a missing file, bad YAML or another top level is a
+    :class:`ConfigError` that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {str(path)!r} must hold a mapping at the top level.")
+    return data
 
 
 def describe(cfg: Any, prefix: str = "") -> list[tuple[str, str, Any]]:

@@ -107,6 +107,14 @@ class EvalResult:
                 "normalized_score_mean": self.normalized_score_mean}
         return {key: value for key, value in out.items() if value is not None}
 
+    def to_json(self) -> dict[str, Any]:
+        """:meth:`to_dict` plus ``episodes``: for every task the lists ``success`` (None where
+        the env reports none), ``return`` and ``length``, in episode order."""
+        episodes = {t.task: {"success": [None if np.isnan(s) else bool(s) for s in t.successes],
+                             "return": t.returns.tolist(), "length": t.lengths.tolist()}
+                    for t in self.tasks}
+        return self.to_dict() | {"episodes": episodes}
+
     def to_dataframe(self) -> Any:
         """A pandas DataFrame with one row per task (needs pandas)."""
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +32,9 @@ class DTConfig:
     prompt_len: int = 0  # > 0: a Prompt-DT prefix of that many steps
     num_action_heads: int = 1
     tanh_actions: bool = True
+    # the action space a tanh head is scaled to, per dimension (None: [-1, 1])
+    action_low: list[float] | None = None
+    action_high: list[float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("obs_dim", "act_dim", "context_len", "embed_dim", "n_layer", "n_head",
@@ -45,6 +49,18 @@ class DTConfig:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.num_tasks < 0 or self.prompt_len < 0:
             raise ValueError("model.num_tasks and model.prompt_len must be >= 0")
+        self._check_action_bounds()
+
+    def _check_action_bounds(self) -> None:
+        if self.action_low is None and self.action_high is None:
+            return
+        low, high = np.asarray(self.action_low, float), np.asarray(self.action_high, float)
+        if low.shape != (self.act_dim,) or high.shape != (self.act_dim,):
+            raise ValueError(f"action_low and action_high need {self.act_dim} values each (one "
+                             f"per action dimension), got {self.action_low} and {self.action_high}")
+        if not (np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()):
+            raise ValueError(f"action bounds must be finite with low < high, got low "
+                             f"{self.action_low}, high {self.action_high}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -71,6 +87,18 @@ class StepEmbedding(nn.Module):
             tokens.insert(0, self.ret(returns_to_go.unsqueeze(-1)) + time)
         b, t, d = time.shape
         return torch.stack(tokens, dim=2).reshape(b, t * len(tokens), d)
+
+
+def action_affine(cfg: DTConfig) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(center, half-width) that map tanh's [-1, 1] onto the action bounds; (None, None) where
+    no scaling is needed (tanh off, no bounds, or bounds of [-1, 1]: the exact tanh output)."""
+    if not cfg.tanh_actions or cfg.action_low is None:
+        return None, None
+    low = torch.tensor(cfg.action_low, dtype=torch.float32)
+    high = torch.tensor(cfg.action_high, dtype=torch.float32)
+    if bool((low == -1).all() and (high == 1).all()):
+        return None, None
+    return (high + low) / 2, (high - low) / 2
 
 
 def attention_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -102,6 +130,10 @@ class DecisionTransformer(nn.Module):
         self.heads = nn.ModuleList(
             nn.Linear(cfg.embed_dim, cfg.act_dim) for _ in range(cfg.num_action_heads)
         )
+        center, half = action_affine(cfg)
+        # not saved with the weights: they come from the config (older checkpoints load as [-1, 1])
+        self.register_buffer("action_center", center, persistent=False)
+        self.register_buffer("action_half", half, persistent=False)
 
     def encode(
         self,
@@ -177,7 +209,15 @@ class DecisionTransformer(nn.Module):
             out = self.heads[head or 0](features)
         else:
             out = torch.stack([h(features) for h in self.heads])[head, torch.arange(len(head))]
-        return torch.tanh(out) if self.cfg.tanh_actions else out
+        return self.squash(out)
+
+    def squash(self, out: torch.Tensor) -> torch.Tensor:
+        """Actions from raw head outputs: with ``tanh_actions``, tanh scaled to the action
+        bounds; else the outputs as they are."""
+        if not self.cfg.tanh_actions:
+            return out
+        action = torch.tanh(out)
+        return action if self.action_half is None else self.action_center + self.action_half * action
 
     def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
                 timesteps: torch.Tensor, mask: torch.Tensor | None = None,

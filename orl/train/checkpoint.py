@@ -10,13 +10,16 @@ Layout of a run directory::
             state.safetensors       the tensors of state.json: RNG states, callback tensors
             state.json              step, optimizer param groups, sampler and callback states,
                                     best metric, caller's extra dict, size + sha256 of each file
+                                    and the sha256 of state.json's own content (``state_sha256``)
         best/                   same layout: the checkpoint with the best evaluation metric
         final/                  same layout: the end of training
 
 A checkpoint is written into ``<name>.tmp-<random>`` and renamed into place, so a reader sees
-either the old checkpoint or the complete new one. Loading reads safetensors and JSON only
-(nothing is unpickled), verifies every file against its recorded size and hash, and checks that
-the tensors fit the agent before anything is loaded into it.
+either the old checkpoint or the complete new one; ``clean_interrupted_writes`` removes what a
+killed writer left. Loading reads safetensors and JSON only (nothing is unpickled), verifies every
+file against its recorded size and hash and ``state.json`` against its own (an edited
+hyperparameter would change the model silently), and checks that the tensors fit the agent
+before anything is loaded into it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -43,6 +47,8 @@ LATEST = "latest"
 MODEL, OPTIMIZER, TENSORS, STATE = (
     "model.safetensors", "optimizer.safetensors", "state.safetensors", "state.json"
 )
+STATE_DIGEST = "state_sha256"  # key of state.json: the sha256 of the rest of it
+_INTERRUPTED = re.compile(r"(.+)\.(tmp|old)-[0-9a-f]{8}")  # names of _atomic_dir, atomic_path
 
 
 class CheckpointError(RuntimeError):
@@ -87,7 +93,7 @@ def save_checkpoint(path: Path, agent: nn.Module, optimizer: torch.optim.Optimiz
             save_file(_storable(tensors), tmp / name)
         state["files"] = {name: _fingerprint(tmp / name) for name in files}
         try:
-            text = json.dumps(state, indent=1)
+            text = json.dumps(with_digest(state), indent=1)
         except TypeError as err:
             raise TypeError(f"checkpoint state is not JSON-serialisable ({err}); "
                             "put tensors under state['tensors']") from err
@@ -114,14 +120,31 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` step checkpoints (never the latest, best or final)
     and the leftovers of interrupted writes."""
     root = checkpoints_dir(run_dir)
+    clean_interrupted_writes(root)
     latest = latest_checkpoint(run_dir)
     steps = sorted((p for p in root.glob("step_*") if p.name[5:].isdigit()),
                    key=lambda p: int(p.name[5:]))
-    leftovers = [p for p in root.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
-    for path in [*steps[:-keep], *leftovers]:
-        if path == latest:
+    for path in steps[:-keep]:
+        if path != latest:
+            shutil.rmtree(path)
+
+
+def clean_interrupted_writes(directory: Path) -> None:
+    """Tidy ``directory`` after a writer was killed: its temporary files and checkpoint
+    directories (``<name>.tmp-<random>``) are removed; a checkpoint moved aside for its
+    replacement (``<name>.old-<random>``) is moved back if the replacement never arrived, else
+    removed. Only one process may write into ``directory`` while this runs."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.iterdir()):
+        match = _INTERRUPTED.fullmatch(path.name)
+        if match is None:
             continue
-        if path.is_dir():
+        target = directory / match[1].removeprefix(".")  # atomic_path's temps start with "."
+        if match[2] == "old" and not target.exists():
+            os.replace(path, target)
+        elif path.is_dir():
             shutil.rmtree(path)
         else:
             path.unlink()
@@ -162,6 +185,14 @@ def _join_optimizer_state(meta: dict, tensors: dict[str, torch.Tensor]) -> dict[
         _, index, name = key.split(".", 2)
         state.setdefault(int(index), {})[name] = tensor
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def with_digest(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with ``state_sha256``: the sha256 of its canonical JSON (sorted keys, no
+    whitespace), so reformatting keeps it valid and any changed value does not."""
+    rest = {k: v for k, v in state.items() if k != STATE_DIGEST}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"))
+    return rest | {STATE_DIGEST: hashlib.sha256(text.encode()).hexdigest()}
 
 
 def _fingerprint(file: Path) -> dict[str, Any]:
@@ -226,6 +257,14 @@ def read_checkpoint(path: Path, files: tuple[str, ...] = (MODEL, OPTIMIZER, TENS
         recorded = state["files"]
     except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
         raise _corrupt(path, f"{STATE}: {err!r}") from err
+    if STATE_DIGEST not in state:
+        raise _corrupt(path, f"{STATE} has no {STATE_DIGEST} (an older orl wrote it, or it was "
+                             "edited): re-save it with this version or retrain")
+    if with_digest(state)[STATE_DIGEST] != state[STATE_DIGEST]:
+        raise _corrupt(path, f"{STATE} was changed after it was written (its content does not "
+                             f"match its {STATE_DIGEST}). Loading it would change the model "
+                             "silently: restore the original file, or set what you wanted to "
+                             "change in the config and retrain")
     tensors = {name: _read_tensors(path, name, recorded[name]) for name in files if name in recorded}
     return state, tensors
 

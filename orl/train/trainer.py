@@ -53,6 +53,7 @@ from orl.train.callbacks import Callback
 from orl.train.checkpoint import (
     CheckpointError,
     checkpoints_dir,
+    clean_interrupted_writes,
     copy_checkpoint,
     latest_checkpoint,
     load_checkpoint,
@@ -205,6 +206,8 @@ class Trainer:
                    disable=None if self.is_main else True)
         self._clock = (time.perf_counter(), self.step)
         try:
+            if self.last_checkpoint is not None and self.step >= cfg.steps:
+                self._finish_resumed_end()
             while self.step < cfg.steps:
                 self._train_step()
                 self.step += 1
@@ -303,17 +306,15 @@ class Trainer:
             bar.set_postfix(loss=f"{values['train/loss']:.4g}")
             if self.logger is not None:
                 self.logger.log(values, self.step)
+                if bar.disable:  # not a terminal (a log file, a pipe): a line per log instead
+                    print(_progress_line(self.step, self.cfg.steps, values), flush=True)
         self._clock = (time.perf_counter(), self.step)
 
     def _evaluate(self) -> None:
         self._check_finite()
         metrics: dict[str, float] = {}
         if self.is_main:
-            self.agent.eval()
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                metrics = {k: float(v) for k, v in self.evaluator(self.agent, self.step).items()}
-            self.agent.train()
+            metrics = self._run_evaluator()
             if self.logger is not None:
                 self.logger.log(metrics, self.step)
         if self.world_size > 1:
@@ -330,7 +331,28 @@ class Trainer:
             self._save(checkpoints_dir(self.run_dir) / "best")
         self._clock = (time.perf_counter(), self.step)
 
+    def _run_evaluator(self) -> dict[str, float]:
+        """The evaluator's metrics (eval mode, no grad, on a forked RNG: training is unaffected)."""
+        self.agent.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            metrics = {k: float(v) for k, v in self.evaluator(self.agent, self.step).items()}
+        self.agent.train()
+        return metrics
+
     # ------------------------------------------------------------- checkpoints
+    def _finish_resumed_end(self) -> None:
+        """Resumed from the checkpoint of the last step: redo what a run killed after writing it
+        may have missed, with the same outcome: the final evaluation (its metrics were logged
+        before the checkpoint; the caller reports ``evaluator``'s result) and the copy to
+        ``checkpoints/final``."""
+        if not self.is_main:
+            return
+        if self.evaluator is not None:
+            self._summary |= self._run_evaluator()
+        if self.save_checkpoints:
+            copy_checkpoint(self.last_checkpoint, checkpoints_dir(self.run_dir) / "final")
+
     def _checkpoint(self, final: bool) -> None:
         self._check_finite()
         path = self._save(step_checkpoint_path(self.run_dir, self.step))
@@ -388,6 +410,8 @@ class Trainer:
         Every rank loads the same checkpoint and takes back its own sampler and RNG state, so
         the run must be resumed with the same number of processes.
         """
+        if self.is_main:
+            clean_interrupted_writes(checkpoints_dir(self.run_dir))
         path = path or latest_checkpoint(self.run_dir)
         if path is None:
             raise FileNotFoundError(
@@ -476,6 +500,12 @@ def _copy_into(inputs: Any, batch: Any) -> None:
                 f"and host fields; field {name!r} changed ({_describe(target)} -> "
                 f"{_describe(value)}). Set train.cuda_graphs=false for this sampler."
             )
+
+
+def _progress_line(step: int, steps: int, values: dict[str, float]) -> str:
+    """The progress bar's news as one line of text: step, loss, learning rate, speed."""
+    return (f"train step {step}/{steps}: loss {values['train/loss']:.4g}, "
+            f"lr {values['train/lr']:.3g}, {values['train/steps_per_s']:.1f} steps/s")
 
 
 def _describe(value: Any) -> str:

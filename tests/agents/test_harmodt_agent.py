@@ -110,15 +110,21 @@ def test_single_task_batches_carry_their_task_and_the_loss_is_one_graph():
         torch.compile(agent.loss, fullgraph=True, backend="eager")(mixed)
 
 
-def test_mask_updates_keep_sparsity_and_change_masks(tmp_path):
+@pytest.mark.parametrize("scope", ["whole", "layer"])
+def test_mask_updates_keep_sparsity_and_change_masks(tmp_path, scope):
+    """Each task keeps its number of active weights; over its whole mask (the default) the
+    density moves between layers, per layer it does not."""
     agent, sampler = harmodt(variant="F", mask_interval=3)
+    agent.harmodt.mask_scope = scope
     before = {n: m.clone() for n, m in agent.task_masks().items()}
     cfg = TrainConfig(steps=9, lr=1e-2, warmup_steps=1, log_every=3, checkpoint_every=0)
     Trainer(agent, sampler, cfg, tmp_path).fit()
     after = agent.task_masks()
     assert any(not torch.equal(before[n], after[n]) for n in before)
-    for name in before:
-        torch.testing.assert_close(after[name].sum(dim=(1, 2)), before[name].sum(dim=(1, 2)))
+    per_task = [sum(m.sum(dim=(1, 2)) for m in masks.values()) for masks in (before, after)]
+    torch.testing.assert_close(per_task[1], per_task[0])
+    moved = [not torch.equal(after[n].sum(dim=(1, 2)), before[n].sum(dim=(1, 2))) for n in before]
+    assert any(moved) == (scope == "whole")
 
 
 def test_variant_r_keeps_its_random_masks(tmp_path):
@@ -247,6 +253,15 @@ def test_harmodt_needs_two_tasks():
                     *sampler.state_stats)
 
 
+@pytest.mark.parametrize("agent", ["harmodt", "prompt_dt"])
+def test_prompt_longer_than_the_shortest_episode_fails_before_training(tmp_path, capsys, agent):
+    args = two_file_args(tmp_path, "long", 3, 6, "sampler.prompt_len=11", f"agent.name={agent}")
+    assert train_agent_main(args) == 2  # every episode has 10 steps
+    assert "prompt_len=11 is longer than the shortest prompt episode (10 steps" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "long" / "checkpoints").exists()
+
+
 def paired_store(length=12, episodes=3):
     """Four tasks: 0 and 2 hold the same data, so do 1 and 3 (two obvious groups)."""
     rng = np.random.default_rng(0)
@@ -284,14 +299,14 @@ def fit(agent, sampler, run_dir, steps):
 
 def test_g_harmodt_groups_tasks_by_gradient_and_shares_group_masks(tmp_path):
     agent, _, sampler = g_harmodt()
-    before = {n: m.sum(dim=(1, 2)).clone() for n, m in agent.task_masks().items()}
+    before = sum(m.sum(dim=(1, 2)) for m in agent.task_masks().values())
     fit(agent, sampler, tmp_path, steps=12)
     assert bool(agent.grouped)
     assert agent.task_group.tolist() == [0, 1, 0, 1]
     masks = agent.task_masks()
-    for name, m in masks.items():
+    for _name, m in masks.items():
         assert torch.equal(m[0], m[2]) and torch.equal(m[1], m[3])
-        torch.testing.assert_close(m.sum(dim=(1, 2)), before[name])
+    torch.testing.assert_close(sum(m.sum(dim=(1, 2)) for m in masks.values()), before)
     assert any(not torch.equal(m[0], m[1]) for m in masks.values())  # tiny layers may be dense
 
 

@@ -1,6 +1,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,14 +132,20 @@ def test_random_masks_bad_inputs():
 # ----------------------------------------------------------------------- change count
 
 
-def test_change_count_raised_cosine():
+def released_cosine_annealing(alpha_t, eta_max=100, eta_min=0):
+    """``cosine_annealing`` of the released ``main.py``, verbatim."""
+    return int(eta_max + 0.5 * (eta_min - eta_max) * (1 + np.cos(2 * np.pi * alpha_t)))
+
+
+def test_change_count_raised_cosine_as_released():
     total, eta = 1000, 100
-    assert change_count(0, total, eta) == 0
-    assert change_count(total // 4, total, eta) == 50
-    assert change_count(total // 2, total, eta) == eta
-    assert change_count(3 * total // 4, total, eta) == 50
-    assert change_count(total, total, eta) == 0
-    assert change_count(100, total, eta) == round(eta * 0.5 * (1 - math.cos(2 * math.pi * 0.1)))
+    # the update after 1-based step s runs in the released loop at iter = s - 1
+    assert [change_count(s, total, eta) for s in range(1, total + 1)] == [
+        released_cosine_annealing((s - 1) / total, eta) for s in range(1, total + 1)]
+    assert change_count(1, total, eta) == 0
+    assert change_count(total // 4 + 1, total, eta) == 50
+    assert change_count(total // 2 + 1, total, eta) == eta
+    assert change_count(total // 4, total, eta) == 49  # truncated, not rounded
     with pytest.raises(ValueError, match="total_steps"):
         change_count(0, 0, eta)
 
@@ -181,6 +188,10 @@ def test_update_mask_ties_lowest_index_first():
     zeros = torch.zeros(6)
     # All scores equal: prune index 0, regrow index 3.
     assert update_mask(mask, zeros, zeros, 1).tolist() == [False, True, True, True, False, False]
+    # -0.0 equals 0.0 (a sort on the float bits would put it first)
+    signed = torch.tensor([0.0, -0.0, 0.0, 0.0, -0.0, 0.0])
+    assert update_mask(mask, signed, -signed, 2).tolist() == [False, False, True, True, True,
+                                                              False]
 
 
 @pytest.mark.parametrize("count", [4, 10, 100])
@@ -204,8 +215,82 @@ def test_update_mask_bad_inputs():
         update_mask(mask, torch.zeros(4), torch.zeros(2, 2), 1)
 
 
+def whole_vector_reference(masks, weights, masked, full, count, gamma, variant):
+    """The released rule with Python loops: per task, every masked layer flattened (row-major,
+    in dict order) into one list of entries; one ranking over that list picks the ``count``
+    active entries to prune (lowest ``gamma*h*g + g**2`` or ``+ |w|``) and the ``count``
+    inactive ones to regrow (highest ``h*G``); ties go to the lower position in the list."""
+    names = list(masks)
+    tasks = masks[names[0]].shape[0]
+    entries = [(n, j) for n in names for j in range(masks[n][0].numel())]
+    flat = {n: (masks[n].flatten(1).tolist(), masked[n].flatten(1).tolist(),
+                full[n].flatten(1).tolist(), weights[n].flatten().tolist()) for n in names}
+    new = {n: masks[n].clone() for n in names}
+    for t in range(tasks):
+        prune, regrow = [], []
+        for pos, (n, j) in enumerate(entries):
+            m, g, big_g, w = flat[n]
+            h = sum(g[i][j] for i in range(tasks)) / tasks
+            second = g[t][j] ** 2 if variant == "F" else abs(w[j])
+            if m[t][j]:
+                prune.append((gamma * h * g[t][j] + second, pos))
+            else:
+                regrow.append((-h * big_g[t][j], pos))
+        k = min(count, len(prune), len(regrow))
+        for keep, picked in ((False, sorted(prune)[:k]), (True, sorted(regrow)[:k])):
+            for _, pos in picked:
+                n, j = entries[pos]
+                new[n][t].view(-1)[j] = keep
+    return new
+
+
+def dyadic(shape, gen):
+    """Tie-heavy values that float32 and Python floats add and multiply exactly (multiples of
+    1/4), so the reference's ranking is the one to expect, ties included."""
+    return torch.randint(-12, 13, shape, generator=gen).float() / 4
+
+
 @pytest.mark.parametrize("variant", ["F", "M"])
-def test_update_task_masks_matches_loops(variant):
+@pytest.mark.parametrize("count", [0, 1, 5, 17, 1000])
+@pytest.mark.parametrize("seed", range(3))
+def test_update_task_masks_whole_vector_matches_one_ranking_per_task(variant, count, seed):
+    gen = torch.Generator().manual_seed(seed)
+    shapes, tasks, gamma = {"l0": (4, 5), "l1": (6, 3), "l2": (3, 3)}, 4, 10.0
+    masks = random_masks(shapes, {"l0": 0.6, "l1": 0.5, "l2": 0.8}, tasks, gen)
+    weights = {n: dyadic(s, gen) for n, s in shapes.items()}
+    full = {n: dyadic((tasks, *s), gen) for n, s in shapes.items()}
+    masked = {n: full[n] * masks[n] for n in shapes}
+    before = {n: m.clone() for n, m in masks.items()}
+    new = update_task_masks(masks, weights, masked, full, count, gamma, variant)
+    expected = whole_vector_reference(masks, weights, masked, full, count, gamma, variant)
+    for n in shapes:
+        assert torch.equal(masks[n], before[n])
+        assert torch.equal(new[n], expected[n]), n
+    total = sum(new[n].flatten(1).sum(1) for n in shapes)
+    assert torch.equal(total, sum(masks[n].flatten(1).sum(1) for n in shapes))
+    flips = sum((new[n] ^ masks[n]).flatten(1).sum(1) for n in shapes)
+    assert flips.max() <= 2 * count
+
+
+def test_whole_vector_moves_density_between_layers():
+    # Task 0 has one active and one inactive entry in layers a and b; task 1 is dense (nothing
+    # to change). Task 0 prunes a's active entry (|w| 0 < 5) and regrows b's inactive one
+    # (h*G 2 > 0.125): layer a loses its density to b. Per layer, each swaps its own pair.
+    masks = {"a": torch.tensor([[[True, False]], [[True, True]]]),
+             "b": torch.tensor([[[True, False]], [[True, True]]])}
+    weights = {"a": torch.tensor([[0.0, 0.0]]), "b": torch.tensor([[5.0, 0.0]])}
+    full = {"a": torch.tensor([[[1.0, 0.5]]] * 2), "b": torch.tensor([[[1.0, 2.0]]] * 2)}
+    masked = {n: full[n] * masks[n] for n in masks}
+    whole = update_task_masks(masks, weights, masked, full, 1, 0.0, "M")
+    assert whole["a"][0].tolist() == [[False, False]] and whole["b"][0].tolist() == [[True, True]]
+    layer = update_task_masks(masks, weights, masked, full, 1, 0.0, "M", scope="layer")
+    assert layer["a"][0].tolist() == [[False, True]] and layer["b"][0].tolist() == [[False, True]]
+    for new in (whole, layer):
+        assert all(bool(new[n][1].all()) for n in new)
+
+
+@pytest.mark.parametrize("variant", ["F", "M"])
+def test_update_task_masks_layer_scope_matches_loops(variant):
     gen = torch.Generator().manual_seed(7)
     shapes, tasks, gamma, count = {"l0": (4, 5), "l1": (6, 3)}, 3, 10.0, 2
     masks = random_masks(shapes, {"l0": 0.6, "l1": 0.5}, tasks, gen)
@@ -213,7 +298,7 @@ def test_update_task_masks_matches_loops(variant):
     full = {n: tie_heavy((tasks, *s), gen) for n, s in shapes.items()}
     masked = {n: full[n] * masks[n] for n in shapes}  # zero outside each task's mask
     before = {n: m.clone() for n, m in masks.items()}
-    new = update_task_masks(masks, weights, masked, full, count, gamma, variant)
+    new = update_task_masks(masks, weights, masked, full, count, gamma, variant, scope="layer")
     for n in shapes:
         assert torch.equal(masks[n], before[n])
         assert torch.equal(new[n].flatten(1).sum(1), masks[n].flatten(1).sum(1))
@@ -247,6 +332,8 @@ def test_update_task_masks_r_keeps_masks_and_rejects_unknown():
     assert torch.equal(out["l"], masks["l"]) and out["l"] is not masks["l"]
     with pytest.raises(ValueError, match=r"harmodt\.variant"):
         update_task_masks(masks, {}, {}, {}, 5, 10.0, "Q")
+    with pytest.raises(ValueError, match=r"harmodt\.mask_scope"):
+        update_task_masks(masks, {}, {}, {}, 5, 10.0, "F", scope="model")
 
 
 # --------------------------------------------------------------------------- merging

@@ -134,9 +134,50 @@ def test_schedules():
         ({"tasks": ["MT11"]}, "MT10"),
         ({"tasks": ["reach-v3"], "levels": ["expret"]}, "expert"),
         ({"tasks": ["reach-v3"], "episodes": 0}, "episodes"),
+        ({"tasks": ["reach-v3"], "workers": -1}, r"workers must be >= 0 \(0: one per CPU core\), got -1"),
     ],
 )
 def test_bad_generation_input(kwargs, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         generate(GenerationConfig(**kwargs), root=tmp_path, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_no_bar_when_nothing_is_generated(two_task_root, capsys):
+    root, ids = two_task_root
+    cfg = GenerationConfig(tasks=["reach-v3", "drawer-close"], levels=["near-optimal"], episodes=2)
+    assert generate(cfg, root=root, exist_ok=True) == ids  # e.g. a resumed run's data check
+    assert "generate" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])  # in the CLI's process; in the pool's workers
+def test_cli_hides_the_scripted_policies_warning(tmp_path, capfd, recwarn, workers):
+    from orl.cli import main as orl_main
+
+    args = ["data", "generate", "reach-v3", "--episodes", "2", "--episodes-per-shard", "1",
+            "--workers", workers, "--root", str(tmp_path)]
+    assert orl_main(args) == 0
+    assert "Constant(s) may be too high" not in capfd.readouterr().err
+    assert not [w for w in recwarn if "Constant(s)" in str(w.message)]
+
+
+def test_cli_rejects_negative_workers(tmp_path, capsys):
+    from orl.cli import main as orl_main
+
+    assert orl_main(["data", "generate", "reach-v3", "--workers", "-1", "--root", str(tmp_path)]) == 2
+    assert "workers must be >= 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("dataset_id, hint", [
+    ("metaworld/reach-v3/exprt-v0", "Did you mean 'metaworld/reach-v3/expert-v0'? Generate it "
+                                    "with: orl data generate reach-v3 --level expert"),
+    ("metaworld/rech-v3/expert-v2", "orl data generate reach-v3 --level expert --version 2"),
+    ("metaworld/xyzzy/expert-v0", "a task of orl.envs.metaworld.MT50_TASKS"),
+])
+def test_missing_dataset_hint_corrects_task_and_level(tmp_path, dataset_id, hint):
+    from orl.datasets.registry import DatasetNotFoundError, require_dataset
+
+    with pytest.raises(DatasetNotFoundError) as err:
+        require_dataset(dataset_id, tmp_path)
+    assert hint in str(err.value)

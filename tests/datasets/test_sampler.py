@@ -1,6 +1,7 @@
 """SegmentSampler against a slow per-sample reference, plus sampling statistics and resuming."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def test_every_start_matches_reference(gamma, rtg_scale, normalize, context_len,
 
 def test_one_step_episodes():
     store = make_store(lengths=[1, 2, 1, 7, 1], tasks=[0, 1, 1, 0, 0])
-    config = SamplerConfig(context_len=5, gamma=0.8, prompt_len=3, prompt_source="random")
+    config = SamplerConfig(context_len=5, gamma=0.8, prompt_len=1, prompt_source="random")
     starts = np.arange(store.num_steps)
     prompt_episodes = store.step_episode  # each step's own episode as its prompt
     batch = SegmentSampler(store, config).segments(starts, prompt_episodes)
@@ -204,7 +205,7 @@ def test_sample_given_task():
 
 def test_same_seed_same_batches_other_seed_differs():
     store = make_store()
-    config = SamplerConfig(batch_size=16, prompt_len=4, prompt_source="random")
+    config = SamplerConfig(batch_size=16, prompt_len=3, prompt_source="random")
     a, b, c = (SegmentSampler(store, config, seed=s) for s in (7, 7, 8))
     for _ in range(3):
         batch_a, batch_b, batch_c = a.sample(), b.sample(), c.sample()
@@ -215,7 +216,7 @@ def test_same_seed_same_batches_other_seed_differs():
 @pytest.mark.parametrize("task_mode", ["mixed", "round_robin"])
 def test_resume_gives_the_same_next_batches(task_mode):
     store = make_store(num_tasks=3)
-    config = SamplerConfig(batch_size=8, task_mode=task_mode, prompt_len=5, prompt_source="random")
+    config = SamplerConfig(batch_size=8, task_mode=task_mode, prompt_len=3, prompt_source="random")
     original = SegmentSampler(store, config, seed=11)
     for _ in range(4):
         original.sample()
@@ -227,10 +228,27 @@ def test_resume_gives_the_same_next_batches(task_mode):
         assert_batches_equal(resumed.sample(), batch)
 
 
+def released_prompt_first(store, episode, prompt_len):
+    """First step of an episode's prompt as the released ``get_prompt`` slices it."""
+    length = store.episode_lengths[episode]
+    si = max(0, length - prompt_len - 1)  # "select the last traj with length max_len"
+    return store.episode_starts[episode] + si
+
+
+def released_prompt_episode(store, task, row):
+    """The episode the released ``get_prompt`` (stochastic_prompt off) gives batch row ``row``
+    of ``task``: its loop over ``i``, verbatim, on the task's episodes sorted by return."""
+    episodes = store.task_episodes(task)
+    sorted_inds = np.argsort(store.episode_returns[episodes])  # lowest to highest
+    i = row
+    if i > len(sorted_inds):
+        i = 1
+    return episodes[int(sorted_inds[(-i)])]
+
+
 def assert_prompt_matches(batch, b, prompt_store, episode, config, normalize_store):
-    """Sample b's prompt is the last prompt_len steps of `episode` (padded)."""
-    first = max(prompt_store.episode_starts[episode],
-                prompt_store.episode_starts[episode + 1] - config.prompt_len)
+    """Sample b's prompt is `episode`'s window as the released code cuts it."""
+    first = released_prompt_first(prompt_store, episode, config.prompt_len)
     ref, _ = reference_segment(prompt_store, first, config.prompt_len, config.gamma,
                                config.rtg_scale, normalize=False)
     mean, std = normalize_store.state_stats()
@@ -244,31 +262,90 @@ def assert_prompt_matches(batch, b, prompt_store, episode, config, normalize_sto
     np.testing.assert_array_equal(batch.prompt_mask[b].numpy(), ref["mask"])
 
 
-def test_best_prompt_is_tail_of_highest_return_episode():
-    # task 1's episodes are all shorter than the prompt: its prompt is padded
-    store = make_store(lengths=[20, 4, 25, 5, 12, 3], tasks=[0, 1, 0, 1, 0, 1])
-    config = SamplerConfig(batch_size=64, prompt_len=8, gamma=0.9, rtg_scale=2.0)
-    batch = SegmentSampler(store, config).sample()
-    returns = store.episode_returns
-    best = {t: max(store.task_episodes(t), key=lambda e: returns[e]) for t in (0, 1)}
-    assert set(batch.task.tolist()) == {0, 1}
-    for b in range(64):
-        assert_prompt_matches(batch, b, store, best[batch.task[b].item()], config, store)
-    assert not batch.prompt_mask[batch.task == 1].all()
+def known_returns_store():
+    """Task 0: five episodes with returns 3, 9, 1, 7, 5 (in episode order); task 1: three with
+    returns 4, 2, 6; lengths 4..9 (one of exactly the prompt length 4)."""
+    lengths = [6, 9, 4, 7, 5, 8, 6, 5]
+    tasks = [0, 0, 0, 0, 0, 1, 1, 1]
+    returns = [3.0, 9.0, 1.0, 7.0, 5.0, 4.0, 2.0, 6.0]
+    store = make_store(lengths=lengths, tasks=tasks)
+    store.rewards = np.repeat(np.array(returns) / np.array(lengths), lengths)
+    np.testing.assert_allclose(store.episode_returns, returns)
+    return store
+
+
+@pytest.mark.parametrize("batch_size", [8, 3])
+def test_ranked_prompts_are_the_released_rows_of_known_returns(batch_size):
+    store = known_returns_store()
+    config = SamplerConfig(batch_size=batch_size, task_mode="round_robin", prompt_len=4,
+                           gamma=0.9, rtg_scale=2.0)
+    sampler = SegmentSampler(store, config, seed=0)
+    for task in (0, 1, 0):
+        batch = sampler.sample()
+        assert batch.task_id == task
+        for row in range(batch_size):
+            episode = released_prompt_episode(store, task, row)
+            assert_prompt_matches(batch, row, store, episode, config, store)
+    # task 0 by hand: row 0 the lowest return (episode 2), then best first: 1, 3, 4, 0; row 5
+    # (= the episode count) the lowest again; past it the best
+    rows = sampler.draw_prompt_episodes(np.zeros(8, dtype=np.int64))
+    assert rows.tolist() == ([2, 1, 3, 4, 0, 2, 1, 1] if batch_size == 8 else [2, 1, 3] * 2 + [2, 1])
+
+
+def test_best_prompt_source_gives_every_row_the_best_episode():
+    config = SamplerConfig(batch_size=4, prompt_len=4, prompt_source="best")
+    sampler = SegmentSampler(known_returns_store(), config)
+    assert sampler.draw_prompt_episodes(np.array([0, 1, 1, 0, 0])).tolist() == [1, 7, 7, 1, 1]
+
+
+def test_ranked_prompts_rank_each_batch_size_block_alike():
+    """The mask update's batch (one batch_size block per task, task-major) gets every task the
+    prompts of its own round-robin batch."""
+    sampler = SegmentSampler(known_returns_store(), SamplerConfig(batch_size=4, prompt_len=4))
+    tasks = np.repeat([0, 1], 4)
+    together = sampler.draw_prompt_episodes(tasks)
+    alone = [sampler.draw_prompt_episodes(tasks[:4]), sampler.draw_prompt_episodes(tasks[4:])]
+    assert together.tolist() == np.concatenate(alone).tolist() == [2, 1, 3, 4, 6, 7, 5, 6]
+
+
+def test_evaluation_prompt_is_the_best_episode_as_released():
+    store = known_returns_store()
+    config = SamplerConfig(prompt_len=4, gamma=0.9, rtg_scale=2.0)
+    prompts = SegmentSampler(store, config).best_prompts()
+    best = {0: 1, 1: 7}  # released: get_prompt(index=-1), the highest return
+    for task, episode in best.items():
+        assert released_prompt_episode(store, task, len(store.task_episodes(task)) + 1) == episode
+        batch = SimpleNamespace(**{f"prompt_{k}": v[task:task + 1] for k, v in prompts.items()})
+        assert_prompt_matches(batch, 0, store, episode, config, store)
+    # an episode of exactly prompt_len steps is the whole prompt; longer ones stop one step short
+    assert released_prompt_first(store, 2, 4) == store.episode_starts[2]
+    assert released_prompt_first(store, 1, 4) == store.episode_starts[2] - 5
+
+
+@pytest.mark.parametrize("prompt_store", [False, True])
+def test_prompt_longer_than_the_shortest_episode_is_an_error(prompt_store):
+    store = known_returns_store()  # shortest: 4 steps (episode 2, task-0)
+    config = SamplerConfig(prompt_len=5)
+    if prompt_store:
+        with pytest.raises(ValueError, match=r"prompt_len=5 is longer than the shortest prompt "
+                                             r"episode \(4 steps: episode 2, task 'task-0'"):
+            SegmentSampler(make_store(lengths=[9, 9]), config, prompt_store=store)
+    else:
+        with pytest.raises(ValueError, match=r"sampler.prompt_len <= 4"):
+            SegmentSampler(store, config)
 
 
 def test_prompts_from_a_separate_store():
     store, prompts = make_store(seed=0), make_store(seed=5, num_episodes=6)
-    config = SamplerConfig(batch_size=32, prompt_len=6, prompt_source="random")
+    config = SamplerConfig(batch_size=32, prompt_len=3, prompt_source="random")
     batch = SegmentSampler(store, config, prompt_store=prompts).sample()
     used = set()
     for b in range(32):
         task = batch.task[b].item()
         candidates = prompts.task_episodes(task)
-        matching = [e for e in candidates
-                    if batch.prompt_timesteps[b, -1].item() == prompts.episode_lengths[e] - 1
-                    and np.allclose(batch.prompt_actions[b, -1].numpy(),
-                                    prompts.actions[prompts.episode_starts[e + 1] - 1])]
+        last = [released_prompt_first(prompts, e, 3) + 2 for e in candidates]
+        matching = [e for e, i in zip(candidates, last)
+                    if np.allclose(batch.prompt_actions[b, -1].numpy(), prompts.actions[i])]
         assert len(matching) == 1
         assert_prompt_matches(batch, b, prompts, matching[0], config, store)
         used.add(matching[0])
@@ -317,7 +394,7 @@ def test_errors():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_batches_equal_cpu_batches():
     store = make_store()
-    config = SamplerConfig(batch_size=32, prompt_len=4, prompt_source="random", gamma=0.9)
+    config = SamplerConfig(batch_size=32, prompt_len=3, prompt_source="random", gamma=0.9)
     cpu, cuda = SegmentSampler(store, config, seed=2), SegmentSampler(store, config, 2, "cuda")
     for _ in range(3):
         batch = cuda.sample()

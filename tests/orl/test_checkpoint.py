@@ -13,6 +13,7 @@ from orl.datasets.sampler import SamplerConfig, SegmentSampler
 from orl.datasets.store import TrajectoryStore
 from orl.train.checkpoint import (
     CheckpointError,
+    clean_interrupted_writes,
     latest_checkpoint,
     load_checkpoint,
     load_model_weights,
@@ -228,3 +229,45 @@ def test_a_device_learning_rate_is_saved_as_a_number(tmp_path):
     fresh = torch.optim.AdamW(agent.parameters(), lr=0.01)
     load_checkpoint(tmp_path / "ckpt", agent, fresh)
     assert fresh.param_groups[0]["lr"] == pytest.approx(0.003)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda state: state["extra"]["config"].update(seed=1),  # e.g. n_head 2 -> 4 in a real run
+    lambda state: state.update(step=7),
+    lambda state: state.pop("state_sha256"),
+])
+def test_edited_state_json_is_refused(checkpoint, edit):
+    path, _ = checkpoint
+    state = json.loads((path / "state.json").read_text())
+    edit(state)
+    (path / "state.json").write_text(json.dumps(state, indent=1))
+    agent = MLPAgent()
+    weights = {k: v.clone() for k, v in agent.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"corrupt or truncated: state\.json (was changed "
+                                              r"after it was written|has no state_sha256)"):
+        load_checkpoint(path, agent)
+    with pytest.raises(CheckpointError, match="state_sha256"):
+        load_model_weights(path, agent)
+    assert all(torch.equal(agent.state_dict()[k], v) for k, v in weights.items())
+
+
+def test_reformatted_state_json_still_loads(checkpoint):
+    path, _ = checkpoint
+    state = json.loads((path / "state.json").read_text())
+    (path / "state.json").write_text(json.dumps(state, indent=4, sort_keys=True))
+    assert load_checkpoint(path, MLPAgent())["step"] == 6
+
+
+def test_interrupted_writes_are_cleaned_and_a_checkpoint_moved_aside_comes_back(tmp_path):
+    agent = MLPAgent()
+    root = tmp_path / "checkpoints"
+    save_checkpoint(root / "best", agent, state={"step": 3})
+    save_checkpoint(root / "final", agent, state={"step": 6})
+    (root / "best").rename(root / "best.old-0123abcd")  # killed while replacing best ...
+    (root / "best.tmp-89abcdef").mkdir()  # ... with a new one
+    (root / "final.old-deadbeef").mkdir()  # killed while deleting the final it replaced
+    (root / ".latest.tmp-00ff00ff").write_text("step_00000006")  # an atomic file write
+    (root / "notes.tmp-1").write_text("not ours")  # no random suffix: not a leftover
+    clean_interrupted_writes(root)
+    assert sorted(p.name for p in root.iterdir()) == ["best", "final", "notes.tmp-1"]
+    assert load_model_weights(root / "best", MLPAgent())["step"] == 3

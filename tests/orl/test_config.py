@@ -89,3 +89,94 @@ def test_continual_and_federated_cannot_be_combined():
     with pytest.raises(ConfigError, match="cannot be combined"):
         load_config(ExperimentConfig, None, ["continual.enabled=true", "continual.tasks=[OCW10]",
                                              "federated.strategy=fedavg"])
+
+
+# one key of every section (nested ones too), with a value other than its default
+ONE_KEY = {
+    "agent": ("task_embedding", "false"),
+    "agent.harmodt": ("sparsity", "0.3"),
+    "data": ("episodes", "7"),
+    "model": ("dropout", "0.2"),
+    "sampler": ("batch_size", "16"),
+    "train": ("steps", "1500"),
+    "eval": ("episodes", "3"),
+    "run": ("seed", "5"),
+    "continual": ("lora_rank", "4"),
+    "federated": ("rounds", "7"),
+}
+
+
+def _sections(cfg, prefix=""):
+    """Dotted names of the nested sections of a config instance."""
+    out = []
+    for name, value in vars(cfg).items():
+        if hasattr(value, "__dataclass_fields__"):
+            out += [prefix + name, *_sections(value, f"{prefix}{name}.")]
+    return out
+
+
+def _options(cfg):
+    return {key: value for key, _, value in describe(cfg)}
+
+
+def test_every_section_has_a_one_key_case():
+    assert sorted(ONE_KEY) == sorted(_sections(ExperimentConfig()))
+
+
+@pytest.mark.parametrize("section", sorted(ONE_KEY))
+def test_one_key_override_keeps_the_other_keys_of_its_section(section):
+    """The values --help shows (ExperimentConfig()) are the values used for every key not given."""
+    key, value = ONE_KEY[section]
+    shown = _options(ExperimentConfig())
+    used = _options(load_config(ExperimentConfig, None, [f"{section}.{key}={value}"]))
+    changed = f"{section}.{key}"
+    assert used[changed] != shown[changed]
+    assert {k: v for k, v in used.items() if k != changed} == {
+        k: v for k, v in shown.items() if k != changed}
+
+
+def test_yaml_with_a_partial_section_keeps_the_shown_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {steps: 500}\nsampler: {batch_size: 8}\n")
+    cfg = load_config(ExperimentConfig, path)
+    shown = ExperimentConfig()
+    assert (cfg.train.steps, cfg.train.lr, cfg.train.warmup_steps) == (500, shown.train.lr,
+                                                                        shown.train.warmup_steps)
+    assert (cfg.sampler.batch_size, cfg.sampler.rtg_scale) == (8, shown.sampler.rtg_scale)
+
+
+def test_help_shows_the_values_used():
+    from orl.cli import _train_agent_help
+
+    text = _train_agent_help()
+    cfg = load_config(ExperimentConfig, None, ["train.steps=10"])
+    for key in ("train.lr", "train.warmup_steps", "sampler.rtg_scale", "sampler.batch_size"):
+        section, name = key.split(".")
+        assert f"{getattr(getattr(cfg, section), name)!r}" in next(
+            line for line in text.splitlines() if line.split()[:1] == [key])
+
+
+@pytest.mark.parametrize("override, suggestion", [
+    ("model.context_len=20", "sampler.context_len"),  # another section's key
+    ("contxt_len=20", "sampler.context_len"),  # misspelled, at the top level
+    ("model.emb_dim=8", "model.embed_dim"),  # its own section first
+])
+def test_unknown_key_suggests_a_close_key_of_any_section(override, suggestion):
+    with pytest.raises(ConfigError, match=rf"Did you mean {suggestion}\?"):
+        load_config(ExperimentConfig, None, [override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=0", "train.steps must be > 0, got 0"),  # named once, not "train: train.steps"
+    ("eval.max_steps=0", "eval.max_steps must be > 0 (null: the env's limit), got 0"),
+])
+def test_section_checks_name_the_key_once(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(ExperimentConfig, None, [override])
+    assert str(err.value) == message
+
+
+def test_datasets_replace_the_default_tasks():
+    cfg = load_config(ExperimentConfig, None, ["data.datasets=[a.hdf5]"])
+    assert cfg.data.tasks == [] and to_dict(cfg)["data"]["tasks"] == []
+    assert load_config(ExperimentConfig, None, []).data.tasks == ["MT10"]

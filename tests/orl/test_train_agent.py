@@ -97,6 +97,11 @@ def test_help_lists_options_with_defaults(capsys):
         (["train.lr=fast"], "train.lr: expected float"),
         (["data.eval_tasks=[MountainCarContinuous-v0]"], "observation"),
         (["data.datasets=[metaworld/reach-v3/expert-v7]"], "orl data generate reach-v3"),
+        (["model.max_timestep=10"], "model.max_timestep=10 is shorter than the longest training "
+                                    "episode (15 steps): set model.max_timestep=15 or more."),
+        (["model.max_timestep=16", "eval.max_steps=20"],
+         "shorter than the evaluation episodes of Pendulum-v1 (20 steps)"),
+        (["model.context_len=20"], "Did you mean sampler.context_len?"),
     ],
 )
 def test_bad_input_is_reported_before_training(tmp_path, data, capsys, extra, message):
@@ -132,3 +137,109 @@ def test_default_run_name_says_what_runs(overrides, prefix):
 
     cfg = load_config(ExperimentConfig, None, ["run.seed=3", "agent.name=mtdt", *overrides])
     assert default_run_name(cfg).startswith(prefix)
+
+
+def final_weights(run):
+    return (run / "checkpoints" / "final" / "model.safetensors").read_bytes()
+
+
+def test_resume_of_a_run_that_stopped_before_its_first_checkpoint(tmp_path, data, monkeypatch,
+                                                                   capsys):
+    """It starts from step 0 with the saved config, says so, and ends as if never stopped."""
+    from orl.train.trainer import Trainer
+
+    assert train_agent_main(tiny_args(tmp_path, data, "run.name=whole")) == 0
+    original = Trainer._checkpoint
+
+    def killed(self, final):
+        (self.run_dir / "checkpoints").mkdir()
+        (self.run_dir / "checkpoints" / "step_00000006.tmp-0123abcd").mkdir()  # half written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_agent_main(tiny_args(tmp_path, data))
+    monkeypatch.setattr(Trainer, "_checkpoint", original)
+    run = tmp_path / "runs" / "tiny"
+    capsys.readouterr()
+    assert train_agent_main(["--resume", str(run)]) == 0
+    assert "has no checkpoint (it stopped before its first one): starting it from step 0" in (
+        capsys.readouterr().out)
+    assert final_weights(run) == final_weights(tmp_path / "runs" / "whole")
+    assert not list((run / "checkpoints").glob("*.tmp-*"))
+
+
+def test_resume_finishes_a_run_killed_while_copying_its_final_checkpoint(tmp_path, data,
+                                                                         monkeypatch, capsys):
+    """Resume writes what the run had not (checkpoints/final, eval_final.json), removes the
+    half-made copy, and a resume of the completed run says so and trains nothing."""
+    import orl.train.trainer
+    from orl.train.checkpoint import copy_checkpoint
+
+    assert train_agent_main(tiny_args(tmp_path, data, "run.name=whole")) == 0
+    whole = tmp_path / "runs" / "whole"
+
+    def killed(source, target):
+        partial = target.with_name(f"{target.name}.tmp-0123abcd")  # what kill -9 leaves
+        partial.mkdir()
+        (partial / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(orl.train.trainer, "copy_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_agent_main(tiny_args(tmp_path, data))
+    monkeypatch.setattr(orl.train.trainer, "copy_checkpoint", copy_checkpoint)
+    run = tmp_path / "runs" / "tiny"
+    assert not (run / "checkpoints" / "final").exists() and not (run / "eval_final.json").exists()
+
+    assert train_agent_main(["--resume", str(run)]) == 0
+    assert final_weights(run) == final_weights(whole)
+    assert (json.loads((run / "eval_final.json").read_text())
+            == json.loads((whole / "eval_final.json").read_text()))
+    assert not list((run / "checkpoints").glob("*.tmp-*"))
+    metrics = (run / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert train_agent_main(["--resume", str(run)]) == 0
+    assert f"Run {str(run)!r} is complete" in capsys.readouterr().out
+    assert (run / "metrics.jsonl").read_text() == metrics  # nothing trained, evaluated or logged
+
+
+def test_edited_checkpoint_state_and_unknown_data_spec_keys_are_clear_errors(tmp_path, data,
+                                                                            capsys):
+    from orl.train.checkpoint import with_digest
+
+    assert train_agent_main(tiny_args(tmp_path, data, "agent.name=dt")) == 0
+    final = tmp_path / "runs" / "tiny" / "checkpoints" / "final"
+    original = (final / "state.json").read_text()
+    state = json.loads(original)
+    state["extra"]["config"]["model"]["n_head"] = 4  # loads and acts differently if accepted
+    (final / "state.json").write_text(json.dumps(state, indent=1))
+    capsys.readouterr()
+    assert orl_main(["eval", str(final)]) == 2
+    assert "state.json was changed after it was written" in capsys.readouterr().err
+
+    state = json.loads(original)
+    state["extra"]["data_spec"]["obs_scale"] = 2.0  # as another orl version might write
+    (final / "state.json").write_text(json.dumps(with_digest(state), indent=1))
+    assert orl_main(["eval", str(final)]) == 2
+    assert "data_spec has unknown keys ['obs_scale']" in capsys.readouterr().err
+
+
+def test_a_run_reports_what_it_used_and_did(tmp_path, data, capsys):
+    """Without a terminal a progress line per log step; config.yaml names the datasets, not the
+    default tasks; eval_final.json keeps every episode; `orl eval --max-steps` caps episodes."""
+    assert train_agent_main(tiny_args(tmp_path, data, "agent.name=dt")) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train step")]
+    assert [line.split(":")[0] for line in lines] == [f"train step {s}/12" for s in (4, 8, 12)]
+    run = tmp_path / "runs" / "tiny"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["tasks"] == [] and saved["data"]["datasets"] == [str(data)]
+    final = json.loads((run / "eval_final.json").read_text())
+    episodes = final["episodes"]["Pendulum-v1"]
+    assert episodes["length"] == [10, 10] and episodes["success"] == [None, None]
+    assert final["return/Pendulum-v1"] == pytest.approx(np.mean(episodes["return"]))
+
+    out = tmp_path / "eval.json"
+    assert orl_main(["eval", str(run), "--episodes", "2", "--num-envs", "1", "--max-steps", "3",
+                     "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["episodes"]["Pendulum-v1"]["length"] == [3, 3]

@@ -27,6 +27,7 @@ from orl.train.checkpoint import (
     latest_checkpoint,
     load_model_weights,
     step_checkpoint_path,
+    with_digest,
 )
 from orl.train.config import TrainConfig
 from orl.train.trainer import NonFiniteLossError, Trainer, learning_rate
@@ -281,7 +282,8 @@ def test_resume_needs_a_checkpoint_and_the_same_callbacks(tmp_path):
     with pytest.raises(CheckpointError, match="1 callback states but the trainer has 0"):
         build(tmp_path, steps=8, resume=True)
     state_file = tmp_path / "checkpoints" / "step_00000004" / "state.json"
-    state_file.write_text(state_file.read_text().replace('"world_size": 1', '"world_size": 2'))
+    state = json.loads(state_file.read_text()) | {"world_size": 2}
+    state_file.write_text(json.dumps(with_digest(state)))  # as two processes would have written it
     trainer = build(tmp_path, steps=8, callbacks=[Recorder()])
     weights = {k: v.clone() for k, v in trainer.agent.state_dict().items()}
     with pytest.raises(CheckpointError, match="written by 2 processes; resume it with the same"):

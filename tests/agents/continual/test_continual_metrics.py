@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from orl.agents.continual.metrics import cw_forward_transfer, summarize
+from orl.agents.continual.metrics import cw_forward_transfer, record_metrics, summarize
 
 R = np.array([
     [0.8, 0.1, 0.0],
@@ -34,13 +34,40 @@ def test_metrics_of_an_interrupted_run_use_the_finished_rows():
     assert summarize(only_first, B).forward_transfer is None
 
 
-def test_cw_forward_transfer():
-    curves = [[0.0, 0.5, 1.0], [1.0, 1.0]]
-    references = [[0.0, 0.0, 0.5], [1.0, 1.0]]  # AUC 1/6; the second is always successful
-    expected = ((0.5 - 1 / 6) / (1 - 1 / 6) + (1.0 - 1.0)) / 2
-    assert cw_forward_transfer(curves, references) == pytest.approx(expected)
+def test_cw_forward_transfer_of_two_hand_computed_curves():
+    """Trapezoid areas over the steps, divided by the stage's length."""
+    curves = [{"steps": [0, 5, 10], "success": [0.2, 0.6, 1.0]},  # (2 + 4) / 10 = 0.6
+              {"steps": [0, 4, 10], "success": [0.0, 0.5, 0.5]}]  # (1 + 3) / 10 = 0.4
+    references = [{"steps": [0, 5, 10], "success": [0.0, 0.2, 0.6]},  # (0.5 + 2) / 10 = 0.25
+                  {"steps": [0, 4, 10], "success": [0.0, 1.0, 1.0]}]  # (2 + 6) / 10 = 0.8
+    first, second = (0.6 - 0.25) / (1 - 0.25), (0.4 - 0.8) / (1 - 0.8)
+    assert first == pytest.approx(7 / 15) and second == pytest.approx(-2.0)
+    assert cw_forward_transfer(curves, references) == pytest.approx((first + second) / 2)
+    # a reference that always succeeds: FT_i = AUC_i - 1
+    always = {"steps": [0, 4, 10], "success": [1.0, 1.0, 1.0]}
+    assert cw_forward_transfer(curves[1:], [always]) == pytest.approx(0.4 - 1.0)
     with pytest.raises(ValueError, match="reference curves"):
         cw_forward_transfer(curves, references[:1])
+
+
+def test_cw_forward_transfer_needs_the_same_evaluation_points():
+    curve = {"steps": [0, 5, 10], "success": [0.0, 0.5, 1.0]}
+    reference = {"steps": [0, 2, 4, 6, 8, 10], "success": [0.0] * 6}
+    with pytest.raises(ValueError, match=r"task push-v3: evaluated at steps \[0, 5, 10\] of its "
+                                         r"stage but its reference at \[0, 2, 4, 6, 8, 10\]"):
+        cw_forward_transfer([curve], [reference], ["push-v3"])
+
+
+def test_record_metrics_needs_a_reference_of_every_finished_stage():
+    curve = {"steps": [0, 5, 10], "success": [0.0, 0.5, 1.0]}
+    record = {"stages": ["a", "b", "c"], "envs": ["x", "y", "x"], "before": B.tolist(),
+              "matrix": [*R[:2].tolist(), [None] * 3], "curves": [curve, curve]}
+    metrics = record_metrics(record)
+    assert metrics == summarize([*R[:2].tolist(), [np.nan] * 3], B).to_dict()
+    assert metrics["cw_forward_transfer"] is None
+    assert record_metrics(record, {"x": curve, "y": curve})["cw_forward_transfer"] == 0.0
+    with pytest.raises(ValueError, match=r"no single-task reference curve for \['y'\]"):
+        record_metrics(record, {"x": curve})
 
 
 def test_bad_matrices():

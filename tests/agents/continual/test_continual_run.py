@@ -3,9 +3,9 @@
 import json
 
 import pytest
+import torch
 import yaml
 
-from orl.agents.continual.metrics import cw_forward_transfer
 from orl.agents.continual.report import load_results, own_stage_curve
 from orl.agents.continual.runner import ContinualRun
 from orl.api import load_trained_agent
@@ -38,11 +38,12 @@ def test_three_task_sequence_then_report(toys, tmp_path, capsys):
         assert (run / name).read_bytes()[:4] == b"\x89PNG"
     # the sign task is learnt by its own head: success after the stage
     assert matrix[0][0] == 1.0 and matrix[1][1] == 1.0
-    # Continual World's forward transfer against single-task curves (here: the run itself)
-    assert orl_main(["report", str(run), "--reference", str(run)]) == 0
-    curves = [[e["success"][i] for e in state["evaluations"] if e["stage"] == i] for i in range(3)]
-    expected = cw_forward_transfer(curves, [curves[0], curves[1], curves[0]])  # by env
-    assert json.loads((run / "report.json").read_text())["cw_forward_transfer"] == expected
+    # each task's curve during its own stage: its start (b[0], then R[i-1][i]), its evaluations
+    results = load_results(run)
+    starts = [state["before"][0], matrix[0][1], matrix[1][2]]
+    for i, start in enumerate(starts):
+        own = [e["success"][i] for e in state["evaluations"] if e["stage"] == i]
+        assert own_stage_curve(results, i) == {"steps": [0, 5, 10], "success": [start, *own]}
     agent = load_trained_agent(run)  # the agent after the last stage
     result = evaluate(agent.policy(stages=[1], task_names=[MINUS]), [MINUS], episodes=2,
                       num_envs=2, seed=0, progress=False)
@@ -87,10 +88,11 @@ def test_compose_when_an_earlier_policy_solves_the_task(toys, tmp_path):
     assert (run / "stages" / "02-s2" / "train").is_dir()
     rows = json.loads((run / "continual.json").read_text())["rows"]
     assert rows[2] == [1.0, 1.0, 1.0]
-    # the composed task's curve (Continual World's forward transfer) is its end-of-stage success
+    # the composed task's curve (Continual World's forward transfer) starts where stage 0 left
+    # it, then holds its end-of-stage success at the steps the trained stages were evaluated at
     results = load_results(run)
-    assert own_stage_curve(results, 1) == [rows[1][1]] == [1.0]
-    assert len(own_stage_curve(results, 2)) >= 1
+    assert own_stage_curve(results, 1) == {"steps": [0, 5, 10], "success": [rows[0][1], 1.0, 1.0]}
+    assert own_stage_curve(results, 2)["steps"] == [0, 5, 10]
 
 
 @pytest.mark.parametrize(
@@ -120,3 +122,48 @@ def test_bad_input_is_reported_before_training(toys, tmp_path, capsys, change, m
     assert train_agent_main(["--config", str(config)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs" / "seq" / "stages").exists()
+
+
+def final_weights(run):
+    from safetensors.torch import load_file
+
+    from orl.agents.continual.runner import last_snapshot
+
+    return load_file(last_snapshot(run) / "model.safetensors")
+
+
+@pytest.mark.parametrize("kill_after", [(0, "end"), (1, "decide")])
+def test_run_resumed_after_a_stage_is_bit_identical(toys, tmp_path, monkeypatch, kill_after):
+    """Killed at a boundary after stage 0 and resumed in a fresh start, a run with dropout (which
+    draws from the global RNG) ends with the weights of the run that was never stopped."""
+    config = toys.tiny_config(tmp_path, [PLUS, MINUS], "compoformer_grow")
+    args = ["--config", str(config), "model.dropout=0.2", "train.eval_every=0"]
+    assert train_agent_main([*args, "run.name=whole"]) == 0
+    original = ContinualRun.phase_done
+
+    def killed(self, stage, phase, steps=0):
+        original(self, stage, phase, steps)
+        if (stage, phase) == kill_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ContinualRun, "phase_done", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_agent_main([*args, "run.name=cut"])
+    monkeypatch.setattr(ContinualRun, "phase_done", original)
+    assert train_agent_main(["--resume", str(tmp_path / "runs" / "cut")]) == 0
+    whole, cut = final_weights(tmp_path / "runs" / "whole"), final_weights(tmp_path / "runs" / "cut")
+    assert whole.keys() == cut.keys()
+    assert [k for k in whole if not torch.equal(whole[k], cut[k])] == []
+
+
+def test_max_timestep_shorter_than_the_episodes_is_reported_before_training(toys, tmp_path, capsys):
+    config = toys.tiny_config(tmp_path, [PLUS, MINUS], "finetune")
+    assert train_agent_main(["--config", str(config), "model.max_timestep=5"]) == 2
+    err = capsys.readouterr().err
+    assert "model.max_timestep=5 is shorter than" in err and "set model.max_timestep=8" in err
+    assert not (tmp_path / "runs" / "seq" / "stages").exists()
+
+
+def test_report_of_a_missing_run_dir(tmp_path, capsys):
+    assert orl_main(["report", str(tmp_path / "nope")]) == 2
+    assert f"Run directory {str(tmp_path / 'nope')!r} does not exist." in capsys.readouterr().err

@@ -292,3 +292,30 @@ def test_single_task_dirichlet_run_logs_global_success_and_loads_for_eval(tmp_pa
 def test_bad_federated_config_is_reported(tmp_path, tasks, capsys, extra, message):
     assert train_agent_main(tiny_args(tmp_path, tasks, *extra, "run.name=bad")) == 2
     assert message in capsys.readouterr().err
+
+
+def test_resume_finishes_a_federated_run_killed_while_copying_its_final_checkpoint(
+        tmp_path, tasks, monkeypatch, capsys):
+    import orl.train.checkpoint
+
+    copy = orl.train.checkpoint.copy_checkpoint
+
+    def killed(source, target):
+        target.with_name(f"{target.name}.tmp-0123abcd").mkdir()  # what kill -9 leaves
+        raise KeyboardInterrupt
+
+    args = tiny_args(tmp_path, tasks[:1], "agent.name=dt", "data.eval_tasks=[Pendulum-v1]",
+                     "federated.strategy=fedavg", "federated.partition=dirichlet",
+                     "federated.clients=2", "federated.rounds=1", "eval.episodes=1",
+                     "eval.num_envs=1", "eval.max_steps=5", "run.name=cut")
+    monkeypatch.setattr(orl.train.checkpoint, "copy_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_agent_main(args)
+    monkeypatch.setattr(orl.train.checkpoint, "copy_checkpoint", copy)
+    run = tmp_path / "runs" / "cut"
+    assert train_agent_main(["--resume", str(run)]) == 0
+    assert (run / "checkpoints" / "final").is_dir() and (run / "eval_final.json").is_file()
+    assert not list((run / "checkpoints").glob("*.tmp-*"))
+    capsys.readouterr()
+    assert train_agent_main(["--resume", str(run)]) == 0
+    assert "is complete" in capsys.readouterr().out

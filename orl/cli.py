@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     from orl.agents.continual.report import add_report_parser
     from orl.agents.liar.cli import add_prune_command
     from orl.datasets.select.cli import add_select_command
+    from orl.study.cli import add_study_command
 
     parser = argparse.ArgumentParser(prog="orl", description="orl: offline RL toolkit")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-envs", type=int, default=10, help="envs per task")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--vector", choices=["sync", "async"], default="sync")
+    ev.add_argument("--max-steps", type=int, default=None,
+                    help="cap on episode length, like a run's eval.max_steps (None: the env's limit)")
     ev.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     ev.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     ev.add_argument("--video", type=Path, default=None, metavar="DIR",
@@ -124,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_cmd_eval)
     add_prune_command(commands)
     add_report_parser(commands)
+    add_study_command(commands)
     return parser
 
 
@@ -133,12 +137,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     policy, tasks = load_agent(args.checkpoint, device=args.device, with_tasks=True,
                                task_agnostic=args.task_agnostic)
-    result = evaluate(policy, args.tasks or tasks, episodes=args.episodes,
+    tasks = args.tasks or tasks
+    if not tasks:
+        raise ValueError(f"{str(args.checkpoint)!r} was trained on data that names no env, so it "
+                         "has no tasks to evaluate on: pass --tasks EnvId-vN")
+    result = evaluate(policy, tasks, episodes=args.episodes,
                       num_envs=args.num_envs, seed=args.seed, vector=args.vector,
-                      video_dir=args.video, video_episodes=args.video_episodes)
+                      max_steps=args.max_steps, video_dir=args.video, video_episodes=args.video_episodes)
     result.print()
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+        Path(args.json).write_text(json.dumps(result.to_json(), indent=1))
     return 0
 
 
@@ -151,6 +159,9 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orl.envs.metaworld import quiet_scripted_policies
+
+    quiet_scripted_policies()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -189,8 +200,10 @@ def train_agent_main(argv: list[str] | None = None) -> int:
                         help="continue an interrupted run from its latest checkpoint")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=500")
     args = parser.parse_args(argv)
+    from orl.envs.metaworld import quiet_scripted_policies
     from orl.experiment import train
 
+    quiet_scripted_policies()
     try:
         train(config_path=args.config, overrides=args.overrides, resume=args.resume)
     except user_errors() as err:

@@ -1,0 +1,177 @@
+"""``orl study run | run-one | status | report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from orl.study.runner import Places, is_finished, is_running, run_local, run_one, run_ray
+from orl.study.spec import Study, load_study
+from orl.study.store import ResultsStore, split_records
+
+
+def _places(args: argparse.Namespace, study: Study) -> Places:
+    return Places.of(study, args.runs_dir, args.results_dir)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    study = load_study(args.study)
+    places = _places(args, study)
+    study.select(args.only)  # an unknown key fails before anything starts
+    if args.launcher == "ray":
+        if not args.address:
+            raise ValueError("--launcher ray needs --address HOST:PORT of the Ray head")
+        failed = run_ray(study, places, args.address, args.only, args.threads)
+    else:
+        failed = run_local(study, places, args.only, args.workers, args.threads)
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)} (their logs: {places.runs / 'logs'})")
+        return 1
+    return 0
+
+
+def _cmd_run_one(args: argparse.Namespace) -> int:
+    study = load_study(args.study)
+    places = _places(args, study)
+    record = run_one(study, args.key, places, args.threads)
+    written = ResultsStore(places.results).append(record)
+    print(f"{args.key}: {'recorded' if written else 'already recorded'} in {places.results}")
+    return 0
+
+
+def run_states(study: Study, places: Places) -> list[dict[str, Any]]:
+    """Per run: recorded / running / partial (with its last step) / finished (not yet recorded)
+    / missing."""
+    from orl.train.checkpoint import latest_checkpoint
+
+    current, _ = split_records(ResultsStore(places.results).records(), study.runs)
+    rows = []
+    for run in study.runs:
+        run_dir = places.run_dir(run)
+        row = {"key": run.key, "state": "missing", "step": None}
+        if run.key in current:
+            row |= {"state": "recorded", "step": current[run.key].get("steps"),
+                    "wall_s": current[run.key].get("wall_s")}
+        elif is_running(run_dir):
+            row["state"] = "running"
+        elif is_finished(run_dir):
+            row["state"] = "finished, not recorded"
+        elif run_dir.is_dir():
+            latest = latest_checkpoint(run_dir) if (run_dir / "checkpoints").is_dir() else None
+            row |= {"state": "partial", "step": None if latest is None else
+                    json.loads((latest / "state.json").read_text()).get("step")}
+        rows.append(row)
+    return rows
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    study = load_study(args.study)
+    places = _places(args, study)
+    rows = run_states(study, places)
+    _, stale = split_records(ResultsStore(places.results).records(), study.runs)
+    table = Table("run", "state", "step", "minutes", title=f"study {study.name}: {places.runs}")
+    for row in rows:
+        minutes = f"{row['wall_s'] / 60:.1f}" if row.get("wall_s") else ""
+        table.add_row(row["key"], row["state"], "" if row["step"] is None else str(row["step"]), minutes)
+    Console().print(table)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    print(", ".join(f"{n} {state}" for state, n in counts.items())
+          + (f"; {len(stale)} stale record(s) left out" if stale else ""))
+    print(_estimate(study, rows))
+    return 0
+
+
+def _estimate(study: Study, rows: list[dict[str, Any]]) -> str:
+    """Core-hours left, from the recorded runs' times (else the study's budget)."""
+    times = [r["wall_s"] for r in rows if r.get("wall_s")]
+    per_run = (sum(times) / len(times) / 60) if times else study.file.budget.minutes_per_run
+    left = sum(r["state"] != "recorded" for r in rows)
+    if per_run is None:
+        return f"{left} run(s) left; no run time measured yet (set budget.minutes_per_run)"
+    hours = left * per_run * study.file.budget.threads_per_run / 60
+    source = "measured" if times else "budget"
+    return f"{left} run(s) left x {per_run:.1f} min ({source}) = {hours:.1f} core-hours"
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from orl.study.report import report
+
+    study = load_study(args.study)
+    places = _places(args, study)
+    docs = args.docs_dir if args.write_docs else None
+    logger = None
+    if study.runs[0].config["run"]["logger"] == "wandb":
+        logger = _report_wandb_run(study, places.results)
+    try:
+        print(report(study, places.results, docs, reps=args.reps, seed=args.seed, logger=logger))
+    finally:
+        if logger is not None:
+            logger.finish()
+    return 0
+
+
+def _report_wandb_run(study: Study, folder: Path) -> Any:
+    """An offline wandb run in the study's group that holds the report's tables."""
+    import os
+
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = study.runs[0].config["run"]
+    return wandb.init(project=cfg["wandb_project"], group=study.name, job_type="report",
+                      name=f"{study.name}-report", dir=str(folder))
+
+
+def add_study_command(commands: Any) -> None:
+    """Register ``orl study``."""
+    study = commands.add_parser("study", help="run, follow and report experiment grids "
+                                              "(studies/<name>.yaml)")
+    sub = study.add_subparsers(dest="study_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("study", type=Path, help="study file, e.g. studies/harmodt_mt10.yaml")
+        p.add_argument("--runs-dir", type=Path, default=None,
+                       help="where run dirs go (default: runs/; a study's are in runs/<study>/)")
+        p.add_argument("--results-dir", type=Path, default=None,
+                       help="results store (default: results/ beside the study file's folder)")
+
+    run = sub.add_parser("run", help="run the missing runs (resumes started ones, skips recorded)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(run)
+    run.add_argument("--workers", type=int, default=None, help="runs at once (default: one per core)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch threads per run (default: the study's budget.threads_per_run)")
+    run.add_argument("--only", nargs="+", default=None, metavar="KEY",
+                     help="run keys, variants or conditions to run")
+    run.add_argument("--launcher", choices=["local", "ray"], default="local")
+    run.add_argument("--address", default=None, help="Ray head HOST:PORT (--launcher ray)")
+    run.set_defaults(func=_cmd_run)
+
+    one = sub.add_parser("run-one", help="train, evaluate and record one run (e.g. one array job)")
+    common(one)
+    one.add_argument("key", help="run key, e.g. mtdt-s0 (orl study status lists them)")
+    one.add_argument("--threads", type=int, default=None)
+    one.set_defaults(func=_cmd_run_one)
+
+    status = sub.add_parser("status", help="recorded / running / partial / missing, per run")
+    common(status)
+    status.set_defaults(func=_cmd_status)
+
+    rep = sub.add_parser("report", help="tables and plots from the records (rliable)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(rep)
+    rep.add_argument("--write-docs", action="store_true",
+                     help="write the generated section of DOCS_DIR/<study>.md and its plots")
+    rep.add_argument("--docs-dir", type=Path, default=Path("docs/results"))
+    rep.add_argument("--reps", type=int, default=5000, help="bootstrap replications")
+    rep.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    rep.set_defaults(func=_cmd_report)

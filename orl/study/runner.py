@@ -1,0 +1,334 @@
+"""Running a study's runs: one run (``run_one``), a local process pool and a Ray cluster.
+
+A run is a ``train-agent`` run (the same ``orl.experiment.train``, run dirs and Trainer) in
+``<runs dir>/<study>/<key>-<config hash>``: started when its dir is new, resumed when it is not,
+then evaluated further (the study's ``evals``) and recorded. A lock file beside the run dir
+(``.<dir>.lock``), held while a process works on the run, marks it running (the OS drops the
+lock when the process dies, kill -9 included). A run whose record is in the store is skipped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from orl.study.record import EXTRA_PREFIX, build_record
+from orl.study.spec import RunSpec, Study, StudyError
+from orl.study.store import ResultsStore, split_records
+
+TIME_FILE = "study_time.json"  # seconds spent in finished attempts at this run
+FORWARDED_ENV = ("MINARI_DATASETS_PATH", "WANDB_MODE", "MPLBACKEND")  # driver -> Ray tasks
+
+
+@dataclass
+class Places:
+    """Where a study's run dirs and records live."""
+
+    runs: Path  # run dirs: runs/<key>-<hash>
+    results: Path  # the results store of this study: results/<study>/
+
+    @classmethod
+    def of(cls, study: Study, runs_dir: str | Path | None = None,
+           results_dir: str | Path | None = None) -> Places:
+        """Defaults: ``runs/<study>`` under the working directory, ``results/<study>`` beside the
+        study file's folder (``studies/x.yaml`` -> ``results/x``)."""
+        runs = Path(runs_dir) if runs_dir else Path("runs")
+        results = Path(results_dir) if results_dir else study.path.resolve().parent.parent / "results"
+        return cls(runs=runs.resolve() / study.name, results=results.resolve() / study.name)
+
+    def run_dir(self, run: RunSpec) -> Path:
+        return self.runs / run.dir_name()
+
+
+def _lock_file(run_dir: Path) -> Path:
+    return run_dir.with_name(f".{run_dir.name}.lock")
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run's lock, waiting for a process that works on the run to end."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(_lock_file(run_dir), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_running(run_dir: Path) -> bool:
+    """True while some process holds the run's lock."""
+    if not _lock_file(run_dir).is_file():
+        return False
+    fd = os.open(_lock_file(run_dir), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether a run dir holds a finished run (``done.json``, written last by every kind of run)."""
+    from orl.experiment import DONE_FILE
+
+    return (run_dir / DONE_FILE).is_file()
+
+
+def _train(run: RunSpec, run_dir: Path) -> None:
+    from orl.config import from_dict
+    from orl.config.experiment import ExperimentConfig
+    from orl.experiment import train
+
+    if (run_dir / "config.yaml").is_file():
+        train(resume=run_dir)
+        return
+    cfg = from_dict(ExperimentConfig, {**run.config, "run": {
+        **run.config["run"], "name": run_dir.name, "out_dir": str(run_dir.parent)}})
+    train(cfg=cfg)
+
+
+def _extra_eval(study: Study, run: RunSpec, run_dir: Path, name: str) -> None:
+    """Evaluate the final checkpoint as ``evals.<name>`` says; the result goes to a JSON file in
+    the run dir (so a rerun does not repeat it)."""
+    from orl.api import load_agent
+    from orl.eval.evaluate import evaluate
+    from orl.experiment import write_json
+
+    out = run_dir / f"{EXTRA_PREFIX}{name}.json"
+    if out.is_file():
+        return
+    options = study.extra_evals[name]
+    checkpoint = run_dir
+    if options.prune is not None:
+        checkpoint = _pruned(run, run_dir, name, options)
+    policy, tasks = load_agent(checkpoint, device="cpu" if run.config["train"]["device"] == "cpu"
+                               else None, with_tasks=True, task_agnostic=options.task_agnostic)
+    ev = run.config["eval"]
+    result = evaluate(policy, tasks, episodes=ev["episodes"], num_envs=ev["num_envs"],
+                      seed=run.seed, vector=ev["vector"], max_steps=ev["max_steps"], progress=False)
+    write_json(out, result.to_dict())
+
+
+def _pruned(run: RunSpec, run_dir: Path, name: str, options: Any) -> Path:
+    """The run's final checkpoint pruned (and fine-tuned) as ``evals.<name>`` says; made once."""
+    import shutil
+
+    from orl.agents.liar import CalibrationConfig, PruneConfig, finetune_checkpoint, prune_checkpoint
+    from orl.config import from_dict
+
+    pruned = run_dir / f"pruned-{name}"
+    if not pruned.exists():
+        calibration = from_dict(CalibrationConfig, {"seed": run.seed, **(options.calibration or {})},
+                                f"evals.{name}.calibration")
+        prune_checkpoint(run_dir, pruned, from_dict(PruneConfig, options.prune, f"evals.{name}.prune"),
+                         calibration)
+    if not options.finetune_steps:
+        return pruned
+    tuned = run_dir / f"finetuned-{name}"
+    final = tuned / "checkpoints" / "final"
+    if not final.exists():
+        shutil.rmtree(tuned, ignore_errors=True)  # an interrupted fine-tuning restarts
+        finetune_checkpoint(pruned, tuned, steps=options.finetune_steps, lr=options.finetune_lr,
+                            seed=run.seed)
+    return final
+
+
+def run_one(study: Study, key: str, places: Places, threads: int | None = None) -> dict[str, Any]:
+    """Train (or resume) and evaluate run ``key``; return its record. When another process is
+    working on the run (e.g. one left from a killed study) this waits for it, then finishes
+    what it left."""
+    run = next((r for r in study.runs if r.key == key), None)
+    if run is None:
+        raise StudyError(f"study {study.name} has no run {key!r}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    run_dir = places.run_dir(run)
+    with run_lock(run_dir):
+        start = time.perf_counter()
+        if not is_finished(run_dir):
+            _train(run, run_dir)
+        for name in run.evals:
+            _extra_eval(study, run, run_dir, name)
+        spent = _add_time(run_dir, time.perf_counter() - start)
+        return build_record(study.name, run, run_dir, spent)
+
+
+def _add_time(run_dir: Path, seconds: float) -> float:
+    """Add this attempt's seconds to the run's total and return it."""
+    from orl.experiment import write_json
+
+    path = run_dir / TIME_FILE
+    total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
+    write_json(path, {"seconds": total})
+    return total
+
+
+def prepare(study: Study) -> None:
+    """Run the study's ``prepare`` commands whose output does not exist yet."""
+    from orl.datasets.registry import dataset_dir
+
+    for step in study.file.prepare:
+        if step.creates and (Path(step.creates).exists()
+                             or (dataset_dir(step.creates) / "data" / "metadata.json").is_file()):
+            continue
+        print(f"prepare: {shlex.join(step.command)}", flush=True)
+        subprocess.run(step.command, check=True)
+
+
+def pending(study: Study, places: Places, only: list[str] | None = None) -> list[RunSpec]:
+    """The selected runs without a current record."""
+    current, _ = split_records(ResultsStore(places.results).records(), study.runs)
+    return [run for run in study.select(only) if run.key not in current]
+
+
+class Progress:
+    """Runs done/total and an ETA from the measured times of the runs finished so far."""
+
+    def __init__(self, study: Study, places: Places, todo: int, workers: int):
+        from tqdm import tqdm
+
+        current, _ = split_records(ResultsStore(places.results).records(), study.runs)
+        self.times = [r["wall_s"] for r in current.values() if r.get("wall_s")]
+        self.workers = workers
+        self.bar = tqdm(total=todo, desc=f"study {study.name}", unit="run", dynamic_ncols=True)
+        self.left = todo
+
+    def done(self, record: dict[str, Any] | None, key: str) -> None:
+        if record is not None and record.get("wall_s"):
+            self.times.append(record["wall_s"])
+        self.left -= 1
+        self.bar.update(1)
+        if self.times:
+            eta = sum(self.times) / len(self.times) * self.left / self.workers
+            self.bar.set_postfix_str(f"last {key}, ETA {eta / 60:.0f} min")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_local(study: Study, places: Places, only: list[str] | None = None,
+              workers: int | None = None, threads: int | None = None) -> list[str]:
+    """Run the pending runs ``workers`` at a time (default: one per core), each in its own
+    process (``orl study run-one``) with ``threads`` torch threads. Returns the failed keys."""
+    todo = pending(study, places, only)
+    workers = max(1, workers or os.cpu_count() or 1)
+    threads = threads or study.file.budget.threads_per_run
+    if not todo:
+        print(f"study {study.name}: every selected run is recorded")
+        return []
+    prepare(study)
+    logs = places.runs / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    progress = Progress(study, places, len(todo), workers)
+    queue, running, failed = list(todo), [], []
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                run = queue.pop(0)
+                command = [sys.executable, "-m", "orl.cli", "study", "run-one", str(study.path), run.key,
+                           "--runs-dir", str(places.runs.parent), "--results-dir",
+                           str(places.results.parent), "--threads", str(threads)]
+                log = open(logs / f"{run.key}.log", "a")
+                running.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                 env=env), run.key, log))
+            time.sleep(0.2)
+            for job in list(running):
+                proc, key, log = job
+                if proc.poll() is None:
+                    continue
+                running.remove(job)
+                log.close()
+                if proc.returncode != 0:
+                    failed.append(key)
+                    progress.bar.write(f"{key}: failed (exit {proc.returncode}), see {logs / key}.log")
+                progress.done(_record_of(places, study, key), key)
+    finally:
+        for proc, _, log in running:  # interrupted: the runs stop and resume next time
+            proc.terminate()
+            log.close()
+        progress.close()
+    return failed
+
+
+def _record_of(places: Places, study: Study, key: str) -> dict[str, Any] | None:
+    current, _ = split_records(ResultsStore(places.results).records(), study.runs)
+    return current.get(key)
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, with a clear error, when nothing answers at a Ray head's ``host:port``."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise StudyError(f"Ray address {address!r} is not host:port (e.g. 127.0.0.1:6379).")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise StudyError(f"Ray address {address!r} does not answer ({err}): start the head with "
+                         f"`ray start --head --port {port}` or pass the right --address.") from err
+
+
+def run_ray(study: Study, places: Places, address: str, only: list[str] | None = None,
+            threads: int | None = None) -> list[str]:
+    """Run the pending runs as Ray tasks on the cluster at ``address`` (``num_cpus`` = threads per
+    run); each returns its record, which this process appends to the store. Run dirs are written
+    on the nodes, under the same runs dir. Returns the failed keys."""
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError("--launcher ray needs Ray: pip install 'orl[cluster]'") from err
+    check_ray_address(address)
+    todo = pending(study, places, only)
+    if not todo:
+        print(f"study {study.name}: every selected run is recorded")
+        return []
+    prepare(study)
+    threads = threads or study.file.budget.threads_per_run
+    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": forwarded})
+    try:
+        task = ray.remote(num_cpus=threads)(_ray_task)
+        futures = {task.remote(study, run.key, asdict(places), threads): run.key for run in todo}
+        store = ResultsStore(places.results)
+        slots = int(ray.cluster_resources().get("CPU", 1)) // threads or 1
+        progress = Progress(study, places, len(todo), slots)
+        failed = []
+        while futures:
+            ready, _ = ray.wait(list(futures), num_returns=1)
+            key = futures.pop(ready[0])
+            try:
+                record = ray.get(ready[0])
+            except Exception as err:  # a failed run does not stop the others
+                failed.append(key)
+                progress.bar.write(f"{key}: failed on the cluster: {err}")
+                record = None
+            if record is not None:
+                store.append(record)
+            progress.done(record, key)
+        progress.close()
+        return failed
+    finally:
+        ray.shutdown()
+
+
+def _ray_task(study: Study, key: str, places: dict[str, Any], threads: int) -> dict[str, Any]:
+    """A Ray task: one run on whichever node Ray placed it."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    return run_one(study, key, Places(**places), threads)

@@ -1,0 +1,47 @@
+"""A continual study: records of continual runs and their single-task references, and a report
+whose P/F/FWT and CW forward transfer are those of ``orl report`` (one implementation)."""
+
+import json
+
+import pytest
+import yaml
+
+from orl.agents.continual.report import continual_metrics, load_results, reference_curves
+from orl.cli import main as orl_main
+from orl.study import ResultsStore, load_study
+from orl.study.report import report
+from orl.study.runner import Places
+
+
+def test_study_metrics_equal_orl_report_with_same_seed_references(tmp_path, toys):
+    base = toys.tiny_config(tmp_path, ["ToySignPlus-v0", "ToySignMinus-v0"])
+    study_file = tmp_path / "studies" / "seq.yaml"
+    study_file.parent.mkdir()
+    study_file.write_text(yaml.safe_dump({
+        "base": str(base), "seeds": [0], "references": "ref",
+        "variants": {"finetune": {"continual.method": "finetune"},
+                     "ref": {"continual.method": "finetune", "axes": {"task": {
+                         "s0": {"continual.reference": "s0"}, "s1": {"continual.reference": "s1"}}}}},
+        "eval": {"episodes": 2, "num_envs": 2}}, sort_keys=False))
+    study = load_study(study_file)
+    assert [r.key for r in study.runs] == ["finetune-s0", "ref+s0-s0", "ref+s1-s0"]
+    runs = tmp_path / "runs"
+    for run in study.runs:
+        assert orl_main(["study", "run-one", str(study_file), run.key, "--runs-dir", str(runs)]) == 0
+    places = Places.of(study, runs)
+    store = ResultsStore(places.results)
+    records = {r["key"]: r for r in store.records()}
+    assert records["finetune-s0"]["steps"] == 20 and len(records["finetune-s0"]["continual"]["matrix"]) == 2
+
+    run_dir = places.run_dir(study.runs[0])
+    references = [places.run_dir(r) for r in study.runs[1:]]
+    expected = continual_metrics(load_results(run_dir), reference_curves(references))
+    assert expected["cw_forward_transfer"] is not None
+    report(study, places.results, reps=200)
+    scalars = json.loads((places.results / "report.json").read_text())["scalars"]
+    assert set(scalars) == {"finetune"}  # the references are not a condition of the tables
+    for name in ("performance", "forgetting", "forward_transfer", "cw_forward_transfer"):
+        assert scalars["finetune"][name][0] == pytest.approx(expected[name])
+    assert orl_main(["report", str(run_dir), "--reference", *map(str, references)]) == 0
+    printed = json.loads((run_dir / "report.json").read_text())
+    assert printed["cw_forward_transfer"] == pytest.approx(expected["cw_forward_transfer"])

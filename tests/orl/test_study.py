@@ -1,0 +1,297 @@
+"""orl study: study files, the results store, the local and Ray launchers and the statistics."""
+
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from orl.cli import main as orl_main
+from orl.study import ResultsStore, StudyError, load_study
+from orl.study.report import BEGIN, END, report
+from orl.study.runner import Places, check_ray_address
+from orl.study.spec import RunSpec
+from orl.study.store import split_records
+
+from .test_train_agent import write_pendulum_like
+
+TINY = {
+    "agent": {"name": "dt"}, "model": {"embed_dim": 16, "n_layer": 1, "n_head": 1},
+    "sampler": {"context_len": 4, "batch_size": 8, "rtg_scale": 1.0},
+    "train": {"steps": 6, "log_every": 3, "checkpoint_every": 3, "warmup_steps": 2},
+    "eval": {"max_steps": 10}, "run": {"logger": "csv"},
+}
+
+
+def write_study(tmp_path, **changes):
+    """A tiny study of Pendulum-like data: 2 variants x 2 seeds (``changes`` edit the file)."""
+    data = tmp_path / "pendulum-tiny.hdf5"
+    if not data.exists():
+        write_pendulum_like(data)
+    (tmp_path / "configs").mkdir(exist_ok=True)
+    base = {**TINY, "data": {"datasets": [str(data)], "eval_tasks": ["Pendulum-v1"]}}
+    (tmp_path / "configs" / "tiny.yaml").write_text(yaml.safe_dump(base))
+    study = {"base": "../configs/tiny.yaml", "seeds": [0, 1],
+             "variants": {"narrow": {"model.embed_dim": 8}, "wide": {"model.embed_dim": 16}},
+             "eval": {"episodes": 2, "num_envs": 2, "score": "return"},
+             "pairs": [["wide", "narrow"]], "budget": {"minutes_per_run": 0.1}, **changes}
+    path = tmp_path / "studies" / "tiny.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def store_of(tmp_path):
+    return ResultsStore(tmp_path / "results" / "tiny")
+
+
+def study_args(tmp_path, *args):
+    return [*args, "--runs-dir", str(tmp_path / "runs")]
+
+
+def test_study_file_expands_variants_axes_and_seeds(tmp_path):
+    path = write_study(tmp_path, axes={"lr": {"slow": {"train.lr": 1e-4}, "fast": {"train.lr": 1e-3}}})
+    study = load_study(path)
+    assert [r.key for r in study.runs][:4] == ["narrow+slow-s0", "narrow+slow-s1",
+                                               "narrow+fast-s0", "narrow+fast-s1"]
+    assert len(study.runs) == 8
+    run = study.runs[0]
+    assert run.config["model"]["embed_dim"] == 8 and run.config["train"]["lr"] == 1e-4
+    assert run.config["train"]["steps"] == 6  # from the base config
+    assert run.config["eval"]["episodes"] == 2 and run.config["run"]["wandb_group"] == "tiny"
+    assert run.config["run"]["seed"] == 0 and study.runs[1].config["run"]["seed"] == 1
+    assert len({r.config_hash for r in study.runs}) == 8  # seeds differ, so do hashes
+    assert study.select(["wide"]) == [r for r in study.runs if r.variant == "wide"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"seeds": []}, "seeds is empty"),
+    ({"variants": {"bad": {"train.stepz": 5}}}, "run bad-s0: Unknown config key 'train.stepz'"),
+    ({"variants": {"bad": {"stepz": 5}}}, "variants.bad: unknown key 'stepz'"),
+    ({"variantz": {}}, "Unknown config key 'variantz'"),
+    ({"pairs": [["wide", "nope"]]}, "pair ['wide', 'nope'] must name"),
+    ({"evals": {"x": {"variants": ["nope"]}}}, "evals.x names unknown variants"),
+    ({"variants": {"bad": {"agent.name": "nope"}}}, "run bad-s0: agent"),
+])
+def test_bad_study_files_fail_before_anything_runs(tmp_path, changes, message):
+    path = write_study(tmp_path, **changes)
+    with pytest.raises(StudyError, match=None) as err:
+        load_study(path)
+    assert message in str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_only_key_and_silent_ray_address_are_clear_errors(tmp_path, capsys):
+    path = write_study(tmp_path)
+    assert orl_main(["study", "run", str(path), "--only", "nope-s9", *study_args(tmp_path)]) == 2
+    assert "no run, variant or label ['nope-s9']" in capsys.readouterr().err
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(StudyError, match="does not answer"):
+        check_ray_address(f"127.0.0.1:{port}", timeout=1)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tiny_study_runs_with_two_workers_and_is_not_run_twice(tmp_path, capsys):
+    path = write_study(tmp_path)
+    assert orl_main(["study", "run", str(path), "--workers", "2", *study_args(tmp_path)]) == 0
+    records = store_of(tmp_path).records()
+    assert sorted(r["key"] for r in records) == ["narrow-s0", "narrow-s1", "wide-s0", "wide-s1"]
+    record = next(r for r in records if r["key"] == "wide-s1")
+    assert record["seed"] == 1 and record["config"]["model"]["embed_dim"] == 16
+    assert record["steps"] == 6 and record["final"]["episodes"] == 2
+    assert set(record["final"]["return"]) == {"Pendulum-v1"}
+    assert len(record["datasets"]) == 1 and len(next(iter(record["datasets"].values()))) == 64
+    assert record["wall_s"] > 0 and record["machine"]["cores"] >= 1 and record["orl_version"]
+    assert [p["step"] for p in record.get("curve", [])] == []  # no periodic evaluation asked
+    assert len(json.dumps(record)) < 8000
+    capsys.readouterr()
+    assert orl_main(["study", "status", str(path), *study_args(tmp_path)]) == 0
+    assert "4 recorded" in capsys.readouterr().out
+    assert orl_main(["study", "run", str(path), *study_args(tmp_path)]) == 0
+    assert "every selected run is recorded" in capsys.readouterr().out
+    assert len(store_of(tmp_path).records()) == 4
+
+    # a changed study file makes the old records stale: reported, not mixed in, rerun in new dirs
+    path = write_study(tmp_path, overrides={"train.steps": 3})
+    study = load_study(path)
+    current, stale = split_records(store_of(tmp_path).records(), study.runs)
+    assert current == {} and len(stale) == 4
+    assert orl_main(["study", "status", str(path), *study_args(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "4 missing" in out and "4 stale record(s)" in out
+
+
+def test_killed_study_resumes_with_one_record_per_run(tmp_path):
+    path = write_study(tmp_path, overrides={"train.steps": 30, "train.checkpoint_every": 5})
+    command = [sys.executable, "-m", "orl.cli", "study", "run", str(path), "--workers", "2",
+               *study_args(tmp_path)]
+    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    runs = tmp_path / "runs" / "tiny"
+    while time.monotonic() < deadline and not list(runs.glob("*/checkpoints/step_*")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the study and every run it started
+    proc.wait()
+    assert len(store_of(tmp_path).records()) < 4
+    assert orl_main(["study", "run", str(path), "--workers", "2", *study_args(tmp_path)]) == 0
+    keys = [r["key"] for r in store_of(tmp_path).records()]
+    assert sorted(keys) == ["narrow-s0", "narrow-s1", "wide-s0", "wide-s1"]
+
+
+def _append_many(folder, worker, count):
+    store = ResultsStore(folder)
+    for i in range(count):
+        store.append({"key": f"w{worker}-r{i}", "config_hash": "h", "pad": "x" * 3000})
+
+
+def test_concurrent_appends_lose_nothing_and_never_duplicate(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(tmp_path, w, 25)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    store = ResultsStore(tmp_path)
+    assert len(store.records()) == 100
+    assert not store.append({"key": "w0-r0", "config_hash": "h"})  # already there
+    assert len(store.records()) == 100
+
+
+def test_a_corrupt_line_is_reported_with_its_number_and_left_alone(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append({"key": "a", "config_hash": "h"})
+    with open(store.path, "a") as f:
+        f.write('{"key": "b", "config_ha')  # a writer killed mid-line
+    before = store.path.read_text()
+    with pytest.raises(StudyError, match="line 2"):
+        store.records()
+    assert store.path.read_text() == before
+
+
+def synthetic_records(study, scores):
+    """Records of ``study`` whose final success per task is ``scores[label]`` (runs x tasks)."""
+    out = []
+    for run in study.runs:
+        row = scores[run.label][run.seed]
+        out.append({"key": run.key, "config_hash": run.config_hash, "seed": run.seed,
+                    "final": {"success": {f"t{i}": float(v) for i, v in enumerate(row)}},
+                    "metrics": {"P": float(np.mean(row))}})
+    return out
+
+
+def numpy_iqm(scores):
+    flat = np.sort(scores.ravel())
+    cut = len(flat) // 4
+    return flat[cut: len(flat) - cut].mean()
+
+
+def numpy_stratified_ci(scores, reps, rng):
+    """Percentile CI of the IQM, resampling runs with replacement within each task."""
+    runs, tasks = scores.shape
+    stats = [numpy_iqm(np.stack([scores[rng.integers(0, runs, runs), t] for t in range(tasks)], 1))
+             for _ in range(reps)]
+    return np.percentile(stats, [2.5, 97.5])
+
+
+def test_report_statistics_agree_with_numpy_and_write_the_docs_section(tmp_path):
+    path = write_study(tmp_path, seeds=[0, 1, 2, 3, 4, 5, 6, 7], eval={"episodes": 2, "num_envs": 2})
+    study = load_study(path)
+    rng = np.random.default_rng(0)
+    scores = {"wide": np.clip(rng.normal(0.7, 0.15, (8, 6)), 0, 1),
+              "narrow": np.clip(rng.normal(0.3, 0.15, (8, 6)), 0, 1)}
+    store = store_of(tmp_path)
+    for record in synthetic_records(study, scores):
+        store.append(record)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "tiny.md").write_text(f"# Tiny\n\nText above.\n\n{BEGIN}\nold\n{END}\n\nText below.\n")
+    text = report(study, store.folder, docs=docs, reps=1000, seed=0)
+    out = json.loads((store.folder / "report.json").read_text())
+    for label, values in scores.items():
+        point, low, high = out["aggregates"][label]["IQM"]
+        assert point == pytest.approx(numpy_iqm(values), abs=1e-12)
+        assert out["aggregates"][label]["mean"][0] == pytest.approx(values.mean(), abs=1e-12)
+        median_of_task_means = np.median(values.mean(axis=0))  # rliable: median over tasks
+        assert out["aggregates"][label]["median"][0] == pytest.approx(median_of_task_means, abs=1e-12)
+        assert out["aggregates"][label]["optimality gap"][0] == pytest.approx(1 - values.mean(), abs=1e-12)
+        ref_low, ref_high = numpy_stratified_ci(values, 1000, np.random.default_rng(1))
+        assert low == pytest.approx(ref_low, abs=0.015) and high == pytest.approx(ref_high, abs=0.015)
+        assert out["scalars"][label]["P"][0] == pytest.approx(values.mean(axis=1).mean())
+    (pair,) = out["pairs"]
+    assert pair["x"] == "wide" and pair["low"] > 0.5 and pair["verdict"] == "wide beats narrow"
+    page = (docs / "tiny.md").read_text()
+    assert page.startswith("# Tiny\n\nText above.") and page.rstrip().endswith("Text below.")
+    assert "old" not in page and text in page and "not separated at this budget" in page
+    assert (docs / "tiny" / "performance_profile.png").is_file()
+    report(study, store.folder, docs=docs, reps=200, seed=0)  # rewriting keeps one section
+    assert (docs / "tiny.md").read_text().count(BEGIN) == 1
+
+
+def test_overlapping_conditions_are_not_separated(tmp_path):
+    path = write_study(tmp_path, seeds=[0, 1, 2, 3, 4], eval={"episodes": 2, "num_envs": 2})
+    study = load_study(path)
+    rng = np.random.default_rng(3)
+    same = {"wide": rng.uniform(0, 1, (5, 4)), "narrow": rng.uniform(0, 1, (5, 4))}
+    for record in synthetic_records(study, same):
+        store_of(tmp_path).append(record)
+    report(study, store_of(tmp_path).folder, reps=500)
+    (pair,) = json.loads((store_of(tmp_path).folder / "report.json").read_text())["pairs"]
+    assert pair["low"] < 0.5 < pair["high"] and pair["verdict"] == "not separated at this budget"
+
+
+def test_ray_launcher_runs_the_tiny_study_on_a_local_head(tmp_path):
+    pytest.importorskip("ray", reason="the cluster extra (CI installs it)")
+    path = write_study(tmp_path, seeds=[0], variants={"narrow": {"model.embed_dim": 8}}, pairs=[])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True, timeout=120)
+    try:
+        assert orl_main(["study", "run", str(path), "--launcher", "ray", "--address",
+                         f"127.0.0.1:{port}", *study_args(tmp_path)]) == 0
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    (record,) = store_of(tmp_path).records()
+    assert record["key"] == "narrow-s0" and record["steps"] == 6
+
+
+def test_run_dir_name_carries_the_config_hash(tmp_path):
+    study = load_study(write_study(tmp_path))
+    run: RunSpec = study.runs[0]
+    places = Places.of(study, tmp_path / "runs")
+    assert places.run_dir(run).name == f"narrow-s0-{run.config_hash[:8]}"
+    assert places.results == (tmp_path / "results" / "tiny").resolve()
+
+
+def test_extra_evaluations_prune_and_fine_tune_the_final_checkpoint(tmp_path):
+    prune = {"ratio": 0.5, "reconstruct": "none"}
+    path = write_study(tmp_path, seeds=[0], variants={"narrow": {"model.embed_dim": 8}}, pairs=[
+        ["narrow[pruned]", "narrow"]], evals={
+        "pruned": {"prune": prune, "calibration": {"episodes": 2, "windows": 8}},
+        "tuned": {"prune": prune, "calibration": {"episodes": 2, "windows": 8}, "finetune_steps": 3}})
+    assert orl_main(["study", "run-one", str(path), "narrow-s0", *study_args(tmp_path)]) == 0
+    (record,) = store_of(tmp_path).records()
+    assert set(record["extra"]) == {"pruned", "tuned"}
+    assert set(record["extra"]["pruned"]["return"]) == {"Pendulum-v1"}
+    run_dir = Places.of(load_study(path), tmp_path / "runs").run_dir(load_study(path).runs[0])
+    assert (run_dir / "pruned-pruned" / "state.json").is_file()
+    assert (run_dir / "finetuned-tuned" / "checkpoints" / "final").is_dir()
+    study = load_study(path)
+    assert study.conditions() == ["narrow", "narrow[pruned]", "narrow[tuned]"]
+    with pytest.raises(StudyError, match="finetune_steps fine-tunes a pruned model"):
+        load_study(write_study(tmp_path, evals={"x": {"finetune_steps": 3}}))

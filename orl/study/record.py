@@ -96,9 +96,9 @@ def run_datasets(cfg: Any) -> list[str]:
 
 @lru_cache(maxsize=1)
 def provenance() -> dict[str, Any]:
-    """orl version, git commit (with a flag for uncommitted changes) and the machine."""
+    """orl version, git commit (with a flag for uncommitted changes) and the machine of this
+    process."""
     from importlib.metadata import PackageNotFoundError, version
-
 
     try:
         orl_version = version("orl")
@@ -136,8 +136,10 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
 
 
-def build_record(study: str, run: RunSpec, run_dir: Path, wall_s: float) -> dict[str, Any]:
-    """The record of ``run``, finished in ``run_dir``, from the files it left there."""
+def build_record(study: str, run: RunSpec, run_dir: Path, wall_s: float,
+                 started_with: dict[str, Any]) -> dict[str, Any]:
+    """The record of ``run``, finished in ``run_dir``, from the files it left there;
+    ``started_with`` is the ``provenance()`` of the process that started it."""
     from orl.config import from_dict
     from orl.config.experiment import ExperimentConfig
 
@@ -147,7 +149,7 @@ def build_record(study: str, run: RunSpec, run_dir: Path, wall_s: float) -> dict
         "seed": run.seed, "config_hash": run.config_hash, "config": run.config,
         "datasets": {source: content_hash(source) for source in run_datasets(cfg)},
         "wall_s": round(wall_s, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **provenance(),
+        **started_with,
     }
     if cfg.continual.enabled:
         from orl.agents.continual.metrics import record_metrics

@@ -25,6 +25,7 @@ END = "<!-- orl study report: end -->"
 RULE = ("Rule: \"A beats B\" only where the 95% CI of P(A > B) lies above 0.5; otherwise the pair is "
         "\"not separated at this budget\".")
 AGGREGATES = ("mean", "median", "IQM", "optimality gap")
+MIN_RUNS = 2  # a bootstrap over runs needs two of them; with one the "interval" is a point
 
 
 @dataclass
@@ -103,14 +104,19 @@ def run_metrics(record: dict[str, Any], references: list[dict[str, Any]]) -> dic
     return record_metrics(record["continual"], curves)
 
 
-def interval_table(scores: Scores, reps: int, seed: int) -> dict[str, dict[str, tuple[float, float, float]]]:
-    """label -> aggregate -> (point, CI low, CI high), stratified bootstrap over runs per task."""
+def interval_table(scores: Scores, reps: int, seed: int) -> dict[str, dict[str, tuple]]:
+    """label -> aggregate -> (point, CI low, CI high), stratified bootstrap over runs per task
+    (no CI from one run)."""
     from rliable import library as rly
 
     points, intervals = rly.get_interval_estimates(
         scores.finals, aggregates, reps=reps, random_state=np.random.RandomState(seed))
-    return {label: {name: (float(points[label][i]), float(intervals[label][0][i]),
-                           float(intervals[label][1][i])) for i, name in enumerate(AGGREGATES)}
+    def cell(label: str, i: int) -> tuple[float, float | None, float | None]:
+        if len(scores.finals[label]) < MIN_RUNS:
+            return float(points[label][i]), None, None
+        return float(points[label][i]), float(intervals[label][0][i]), float(intervals[label][1][i])
+
+    return {label: {name: cell(label, i) for i, name in enumerate(AGGREGATES)}
             for label in scores.finals}
 
 
@@ -122,7 +128,11 @@ def improvement(scores: Scores, pairs: list[tuple[str, str]], reps: int, seed: i
     out = []
     for x, y in pairs:
         if x not in scores.finals or y not in scores.finals:
-            out.append({"x": x, "y": y, "p": None})
+            out.append({"x": x, "y": y, "p": None, "verdict": "no records"})
+            continue
+        if min(len(scores.finals[x]), len(scores.finals[y])) < MIN_RUNS:
+            out.append({"x": x, "y": y, "p": None, "verdict": f"not separated at this budget "
+                        f"(a CI needs at least {MIN_RUNS} runs of each)"})
             continue
         point, interval = rly.get_interval_estimates(
             {"pair": (scores.finals[x], scores.finals[y])}, metrics.probability_of_improvement,
@@ -136,8 +146,9 @@ def improvement(scores: Scores, pairs: list[tuple[str, str]], reps: int, seed: i
     return out
 
 
-def scalar_table(scores: Scores, reps: int, seed: int) -> dict[str, dict[str, tuple[float, float, float]]]:
-    """label -> metric -> (mean, CI low, CI high) over runs (bootstrap of the runs)."""
+def scalar_table(scores: Scores, reps: int, seed: int) -> dict[str, dict[str, tuple]]:
+    """label -> metric -> (mean, CI low, CI high) over runs (bootstrap of the runs; no CI from
+    one run)."""
     from rliable import library as rly
 
     out: dict[str, dict[str, tuple[float, float, float]]] = {}
@@ -146,12 +157,15 @@ def scalar_table(scores: Scores, reps: int, seed: int) -> dict[str, dict[str, tu
             point, interval = rly.get_interval_estimates(
                 {name: values[:, None]}, lambda s: np.array([np.mean(s)]), reps=reps,
                 random_state=np.random.RandomState(seed))
-            out.setdefault(label, {})[name] = (float(point[name][0]), float(interval[name][0][0]),
-                                               float(interval[name][1][0]))
+            low, high = (float(interval[name][0][0]), float(interval[name][1][0])) if len(
+                values) >= MIN_RUNS else (None, None)
+            out.setdefault(label, {})[name] = (float(point[name][0]), low, high)
     return out
 
 
-def _ci(cell: tuple[float, float, float]) -> str:
+def _ci(cell: tuple[float, float | None, float | None]) -> str:
+    if cell[1] is None:
+        return f"{cell[0]:.3f} [no CI: one run]"
     return f"{cell[0]:.3f} [{cell[1]:.3f}, {cell[2]:.3f}]"
 
 
@@ -174,8 +188,8 @@ def markdown(study: Study, scores: Scores, table: dict, pairs: list[dict], scala
         lines += ["", "Probability of improvement P(X > Y):", "",
                   "| X | Y | P(X > Y) [95% CI] | verdict |", "|---|---|---|---|"]
         for p in pairs:
-            cell = "no records" if p["p"] is None else _ci((p["p"], p["low"], p["high"]))
-            lines.append(f"| {p['x']} | {p['y']} | {cell} | {p.get('verdict', '-')} |")
+            cell = "-" if p["p"] is None else _ci((p["p"], p["low"], p["high"]))
+            lines.append(f"| {p['x']} | {p['y']} | {cell} | {p['verdict']} |")
     if scalars:
         names = sorted({n for d in scalars.values() for n in d})
         lines += ["", "Run metrics (mean over runs [95% CI]):", "",
@@ -302,7 +316,7 @@ def log_tables(run: Any, table: dict, pairs: list[dict]) -> None:
     """The aggregate and pair tables as wandb tables of ``run`` (a wandb run)."""
     import wandb
 
-    rows = [[label, *(v for a in AGGREGATES for v in row[a])] for label, row in table.items()]
+    rows = [[label, *(v for a in AGGREGATES for v in row[a])] for label, row in table.items()]  # None: no CI
     columns = ["condition"] + [f"{a} {part}" for a in AGGREGATES for part in ("", "low", "high")]
     run.log({"study/aggregates": wandb.Table(columns=[c.strip() for c in columns], data=rows)})
     if pairs:

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from orl.study.record import EXTRA_PREFIX, build_record
+from orl.experiment import write_json
+from orl.study.record import EXTRA_PREFIX, build_record, provenance
 from orl.study.spec import RunSpec, Study, StudyError
 from orl.study.store import ResultsStore, split_records
 
@@ -53,6 +54,10 @@ class Places:
 
 def _lock_file(run_dir: Path) -> Path:
     return run_dir.with_name(f".{run_dir.name}.lock")
+
+
+def _provenance_file(run_dir: Path) -> Path:
+    return run_dir.with_name(f".{run_dir.name}.provenance.json")
 
 
 @contextmanager
@@ -106,7 +111,6 @@ def _extra_eval(study: Study, run: RunSpec, run_dir: Path, name: str) -> None:
     the run dir (so a rerun does not repeat it)."""
     from orl.api import load_agent
     from orl.eval.evaluate import evaluate
-    from orl.experiment import write_json
 
     out = run_dir / f"{EXTRA_PREFIX}{name}.json"
     if out.is_file():
@@ -161,18 +165,19 @@ def run_one(study: Study, key: str, places: Places, threads: int | None = None) 
     run_dir = places.run_dir(run)
     with run_lock(run_dir):
         start = time.perf_counter()
+        started = _provenance_file(run_dir)
+        if not started.is_file():  # the code that started the run, kept for its record
+            write_json(started, provenance())
         if not is_finished(run_dir):
             _train(run, run_dir)
         for name in run.evals:
             _extra_eval(study, run, run_dir, name)
         spent = _add_time(run_dir, time.perf_counter() - start)
-        return build_record(study.name, run, run_dir, spent)
+        return build_record(study.name, run, run_dir, spent, json.loads(started.read_text()))
 
 
 def _add_time(run_dir: Path, seconds: float) -> float:
     """Add this attempt's seconds to the run's total and return it."""
-    from orl.experiment import write_json
-
     path = run_dir / TIME_FILE
     total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
     write_json(path, {"seconds": total})

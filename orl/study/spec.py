@@ -162,13 +162,19 @@ class Study:
         return out
 
     def select(self, only: list[str] | None) -> list[RunSpec]:
-        """The runs named by ``only`` (run keys, variants or labels); all when empty."""
+        """The runs named by ``only`` (run keys, variants, conditions or axis values); all when
+        empty."""
         if not only:
             return list(self.runs)
-        chosen = [r for r in self.runs if r.key in only or r.variant in only or r.label in only]
-        unknown = [o for o in only if not any(o in (r.key, r.variant, r.label) for r in self.runs)]
+
+        def names(run: RunSpec) -> set[str]:
+            return {run.key, run.variant, run.label, *run.axes.values()}
+
+        chosen = [r for r in self.runs if names(r) & set(only)]
+        unknown = [o for o in only if not any(o in names(r) for r in self.runs)]
         if unknown:
-            raise StudyError(f"{self.name}: no run, variant or label {unknown}; valid variants: "
+            raise StudyError(f"{self.name}: no run, variant, condition or axis value {unknown}; "
+                             "valid variants: "
                              f"{', '.join(dict.fromkeys(r.variant for r in self.runs))}; keys look "
                              f"like {self.runs[0].key}")
         return chosen
@@ -205,7 +211,10 @@ def _split(mapping: Any, where: str, options: tuple[str, ...]) -> tuple[dict, di
 
 
 def config_hash(config: dict[str, Any], evals: list[dict[str, Any]]) -> str:
-    """sha256 of what a run computes: its config without where/how it logs, and its extra evals."""
+    """sha256 of what the study file asks of a run: the config values it sets (base config,
+    overrides, variant, axes, protocol, seed; not where or how the run logs) and its extra
+    evaluations. Options orl adds later, with their defaults, leave it unchanged: the record
+    keeps the full resolved config and the commit for that."""
     plain = json.loads(json.dumps(config))
     for dotted in UNHASHED:
         section, key = dotted.split(".")
@@ -271,7 +280,7 @@ def load_study(path: str | Path) -> Study:
                 runs.append(RunSpec(
                     key=key, variant=variant, axes={a: v for a, v, _ in combo}, seed=seed,
                     config=config, evals=tuple(mine),
-                    config_hash=config_hash(config, [{e: dataclasses.asdict(evals[e])} for e in mine]),
+                    config_hash=config_hash(data_seed, [{e: dataclasses.asdict(evals[e])} for e in mine]),
                 ))
     if spec.references and spec.references not in spec.variants:
         raise StudyError(f"study {name}: references names no variant ({spec.references!r})")

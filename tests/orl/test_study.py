@@ -69,6 +69,7 @@ def test_study_file_expands_variants_axes_and_seeds(tmp_path):
     assert run.config["run"]["seed"] == 0 and study.runs[1].config["run"]["seed"] == 1
     assert len({r.config_hash for r in study.runs}) == 8  # seeds differ, so do hashes
     assert study.select(["wide"]) == [r for r in study.runs if r.variant == "wide"]
+    assert [r.key for r in study.select(["fast"])] == [r.key for r in study.runs if "+fast" in r.key]
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -91,7 +92,7 @@ def test_bad_study_files_fail_before_anything_runs(tmp_path, changes, message):
 def test_unknown_only_key_and_silent_ray_address_are_clear_errors(tmp_path, capsys):
     path = write_study(tmp_path)
     assert orl_main(["study", "run", str(path), "--only", "nope-s9", *study_args(tmp_path)]) == 2
-    assert "no run, variant or label ['nope-s9']" in capsys.readouterr().err
+    assert "no run, variant, condition or axis value ['nope-s9']" in capsys.readouterr().err
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -295,3 +296,17 @@ def test_extra_evaluations_prune_and_fine_tune_the_final_checkpoint(tmp_path):
     assert study.conditions() == ["narrow", "narrow[pruned]", "narrow[tuned]"]
     with pytest.raises(StudyError, match="finetune_steps fine-tunes a pruned model"):
         load_study(write_study(tmp_path, evals={"x": {"finetune_steps": 3}}))
+
+
+def test_one_run_per_condition_gives_no_interval_and_no_verdict(tmp_path):
+    path = write_study(tmp_path, seeds=[0], eval={"episodes": 2, "num_envs": 2})
+    study = load_study(path)
+    scores = {"wide": np.array([[0.9, 0.8, 1.0]]), "narrow": np.array([[0.1, 0.2, 0.0]])}
+    for record in synthetic_records(study, scores):
+        store_of(tmp_path).append(record)
+    text = report(study, store_of(tmp_path).folder, reps=100)
+    out = json.loads((store_of(tmp_path).folder / "report.json").read_text())
+    assert out["aggregates"]["wide"]["IQM"][1:] == [None, None]
+    (pair,) = out["pairs"]
+    assert pair["p"] is None and pair["verdict"].startswith("not separated at this budget")
+    assert "wide beats" not in text and "narrow beats" not in text and "[no CI: one run]" in text

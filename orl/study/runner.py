@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,35 @@ def prepare(study: Study) -> None:
         subprocess.run(step.command, check=True)
 
 
+def preflight(study: Study, runs: list[RunSpec]) -> None:
+    """The checks a run would make of its data before training, for every run before any
+    starts: unseen tasks disjoint from the training tasks, and (for datasets already on disk)
+    a prompt no longer than the shortest trajectory. Errors name the run."""
+    from orl.config import from_dict
+    from orl.config.experiment import ExperimentConfig
+    from orl.datasets.loading import load
+    from orl.datasets.registry import DatasetNotFoundError
+    from orl.datasets.sampler import check_prompt_len
+    from orl.experiment import dataset_sources, unseen_tasks
+
+    checked: set[tuple[tuple[str, ...], int]] = set()
+    for run in runs:
+        cfg = from_dict(ExperimentConfig, run.config)
+        try:
+            unseen_tasks(cfg)
+            if cfg.continual.enabled or cfg.sampler.prompt_len <= 0:
+                continue
+            on_disk = replace(cfg, data=replace(cfg.data, generate_missing=False))
+            sources = tuple(dataset_sources(on_disk)[0])
+            if sources and (sources, cfg.sampler.prompt_len) not in checked:
+                check_prompt_len(load(list(sources)), cfg.sampler.prompt_len)
+                checked.add((sources, cfg.sampler.prompt_len))
+        except DatasetNotFoundError:
+            continue  # made by the run itself (data.generate_missing)
+        except ValueError as err:
+            raise StudyError(f"study {study.name}, run {run.key}: {err}") from err
+
+
 def pending(study: Study, places: Places, only: list[str] | None = None) -> list[RunSpec]:
     """The selected runs without a current record."""
     current, _ = split_records(ResultsStore(places.results).records(), study.runs)
@@ -238,6 +267,7 @@ def run_local(study: Study, places: Places, only: list[str] | None = None,
         print(f"study {study.name}: every selected run is recorded")
         return []
     prepare(study)
+    preflight(study, todo)
     logs = places.runs / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -305,6 +335,7 @@ def run_ray(study: Study, places: Places, address: str, only: list[str] | None =
         print(f"study {study.name}: every selected run is recorded")
         return []
     prepare(study)
+    preflight(study, todo)
     threads = threads or study.file.budget.threads_per_run
     forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": forwarded})

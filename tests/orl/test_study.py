@@ -310,3 +310,31 @@ def test_one_run_per_condition_gives_no_interval_and_no_verdict(tmp_path):
     (pair,) = out["pairs"]
     assert pair["p"] is None and pair["verdict"].startswith("not separated at this budget")
     assert "wide beats" not in text and "narrow beats" not in text and "[no CI: one run]" in text
+
+
+def test_a_prompt_longer_than_a_trajectory_fails_before_any_run(tmp_path, capsys):
+    path = write_study(tmp_path, variants={"prompted": {"agent.name": "prompt_dt",
+                                                        "sampler.prompt_len": 40}}, pairs=[])
+    assert orl_main(["study", "run", str(path), *study_args(tmp_path)]) == 2
+    assert "run prompted-s0: sampler.prompt_len=40 is longer than" in capsys.readouterr().err
+    assert not list((tmp_path / "runs").glob("tiny/prompted*"))
+
+
+def test_report_tables_go_to_wandb_as_tables():
+    import wandb
+
+    from orl.study.report import log_tables
+
+    class Run:
+        logged = {}
+
+        def log(self, data):
+            self.logged.update(data)
+
+    table = {"wide": {a: (0.5, 0.4, 0.6) for a in ("mean", "median", "IQM", "optimality gap")}}
+    pairs = [{"x": "wide", "y": "narrow", "p": 0.7, "low": 0.55, "high": 0.85, "verdict": "wide beats narrow"}]
+    run = Run()
+    log_tables(run, table, pairs)
+    aggregates, improvement = run.logged["study/aggregates"], run.logged["study/improvement"]
+    assert isinstance(aggregates, wandb.Table) and aggregates.data[0][:4] == ["wide", 0.5, 0.4, 0.6]
+    assert "IQM low" in aggregates.columns and improvement.data[0][-1] == "wide beats narrow"

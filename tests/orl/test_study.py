@@ -331,7 +331,7 @@ def test_report_tables_go_to_wandb_as_tables():
         def log(self, data):
             self.logged.update(data)
 
-    table = {"wide": {a: (0.5, 0.4, 0.6) for a in ("mean", "median", "IQM", "optimality gap")}}
+    table = {"wide": dict.fromkeys(("mean", "median", "IQM", "optimality gap"), (0.5, 0.4, 0.6))}
     pairs = [{"x": "wide", "y": "narrow", "p": 0.7, "low": 0.55, "high": 0.85, "verdict": "wide beats narrow"}]
     run = Run()
     log_tables(run, table, pairs)

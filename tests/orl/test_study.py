@@ -326,13 +326,15 @@ def test_report_tables_go_to_wandb_as_tables():
     from orl.study.report import log_tables
 
     class Run:
-        logged = {}
+        def __init__(self):
+            self.logged = {}
 
         def log(self, data):
             self.logged.update(data)
 
     table = {"wide": dict.fromkeys(("mean", "median", "IQM", "optimality gap"), (0.5, 0.4, 0.6))}
-    pairs = [{"x": "wide", "y": "narrow", "p": 0.7, "low": 0.55, "high": 0.85, "verdict": "wide beats narrow"}]
+    pairs = [{"x": "wide", "y": "narrow", "p": 0.7, "low": 0.55, "high": 0.85,
+              "verdict": "wide beats narrow"}]
     run = Run()
     log_tables(run, table, pairs)
     aggregates, improvement = run.logged["study/aggregates"], run.logged["study/improvement"]

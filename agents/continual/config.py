@@ -25,7 +25,10 @@ class StageConfig:
 @dataclass
 class ContinualConfig:
     """A task sequence learned one task at a time; ``train.steps`` is the budget of each task,
-    ``train.eval_every`` how often every task of the sequence is evaluated.
+    ``train.eval_every`` how often the tasks of the sequence are evaluated during a stage:
+    every task (``curve_tasks: all``, the curves of Continual World's plots) or only the stage's
+    own task (``current``: what forward transfer needs, at a tenth of OCW10's evaluation cost);
+    the end of every stage always evaluates every task (the success matrix).
 
     Stages come from ``tasks`` (Meta-World tasks and/or benchmarks such as ``OCW10``, data
     ``metaworld/<task>/<data.level>-v<data.version>``) or from explicit ``stages``.
@@ -42,6 +45,7 @@ class ContinualConfig:
     stages: list[StageConfig] = field(default_factory=list)
     method: str = "finetune"  # one of METHODS
     reference: str = ""  # a stage name: train only that stage (a single-task reference run)
+    curve_tasks: str = "all"  # all | current: tasks evaluated every train.eval_every steps
     reg_coef: float | None = None  # l2 / ewc / mas penalty weight (None: DEFAULT_REG_COEF)
     importance_samples: int = 64  # ewc / mas: per-sample gradients at the end of a stage
     lora_rank: int = 8  # lora, compoformer_grow: adapter of each task on the attention QKV
@@ -59,6 +63,7 @@ class ContinualConfig:
     def __post_init__(self) -> None:
         rules = [
             ("method", self.method in METHODS, f"one of {', '.join(METHODS)}"),
+            ("curve_tasks", self.curve_tasks in ("all", "current"), "all or current"),
             ("reg_coef", self.reg_coef is None or self.reg_coef >= 0, ">= 0"),
             ("importance_samples", self.importance_samples > 0, "> 0"),
             ("lora_rank", self.lora_rank > 0, "> 0"),

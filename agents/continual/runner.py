@@ -207,8 +207,14 @@ class ContinualRun:
         return [task.success_rate for task in result.tasks]
 
     def record(self, stage: int, phase: str, step: int, steps: int) -> dict[str, float]:
-        """Evaluate every task and record it as point ``stage + step / steps`` of the curves."""
-        success = self.evaluate_all()
+        """Evaluate the tasks and record them as point ``stage + step / steps`` of the curves:
+        every task at the end of a phase, before it only the stage's own task with
+        ``continual.curve_tasks: current`` (the others NaN)."""
+        if step < steps and self.cfg.continual.curve_tasks == "current":
+            success = np.full(len(self.stages), np.nan)
+            success[stage] = self.success_of(stage, self.cfg.eval.episodes)
+        else:
+            success = self.evaluate_all()
         key = (stage, phase, step)
         self.state["evaluations"] = [e for e in self.state["evaluations"]
                                      if (e["stage"], e["phase"], e["step"]) != key]
@@ -217,8 +223,8 @@ class ContinualRun:
                                           "success": success.tolist()})
         self.save_state()
         names = [s.name for s in self.stages]
-        return {"eval/success_mean": float(success.mean()),
-                **{f"eval/{n}/success": float(v) for n, v in zip(names, success)}}
+        return {"eval/success_mean": float(np.nanmean(success)),
+                **{f"eval/{n}/success": float(v) for n, v in zip(names, success) if not np.isnan(v)}}
 
     # --------------------------------------------------------------- training
     def sampler(self, stage: int) -> SegmentSampler:

@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from orl.agents.continual.config import ContinualConfig
 from orl.agents.continual.report import load_results, own_stage_curve
 from orl.agents.continual.runner import ContinualRun
 from orl.api import load_trained_agent
@@ -167,3 +168,19 @@ def test_max_timestep_shorter_than_the_episodes_is_reported_before_training(toys
 def test_report_of_a_missing_run_dir(tmp_path, capsys):
     assert orl_main(["report", str(tmp_path / "nope")]) == 2
     assert f"Run directory {str(tmp_path / 'nope')!r} does not exist." in capsys.readouterr().err
+
+
+def test_curves_of_the_current_task_only(toys, tmp_path):
+    """continual.curve_tasks=current: before a stage's end only its own task is evaluated; the
+    end of every stage still evaluates every task (the success matrix)."""
+    config = toys.tiny_config(tmp_path, [PLUS, MINUS], "finetune", curve_tasks="current")
+    assert train_agent_main(["--config", str(config)]) == 0
+    state = json.loads((tmp_path / "runs" / "seq" / "continual.json").read_text())
+    for e in state["evaluations"]:
+        evaluated = [i for i, v in enumerate(e["success"]) if v == v]  # not NaN
+        assert evaluated == ([0, 1] if e["step"] == 10 else [e["stage"]])
+    assert all(v == v for row in state["rows"] for v in row)
+    results = load_results(tmp_path / "runs" / "seq")
+    assert own_stage_curve(results, 1)["steps"] == [0, 5, 10]
+    with pytest.raises(ValueError, match="curve_tasks must be all or current"):
+        ContinualConfig(curve_tasks="some")

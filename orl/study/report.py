@@ -30,9 +30,10 @@ MIN_RUNS = 2  # a bootstrap over runs needs two of them; with one the "interval"
 
 @dataclass
 class Scores:
-    """Final success of every condition: (runs x tasks) arrays over the same tasks."""
+    """Final scores of every condition: (runs x tasks) arrays over that condition's tasks."""
 
-    tasks: list[str]
+    tasks: list[str]  # every task of any condition
+    tasks_of: dict[str, list[str]] = field(default_factory=dict)
     finals: dict[str, np.ndarray] = field(default_factory=dict)
     seeds: dict[str, list[int]] = field(default_factory=dict)
     # label -> (steps, runs x tasks x points)
@@ -48,9 +49,22 @@ def aggregates(scores: np.ndarray) -> np.ndarray:
                      metrics.aggregate_iqm(scores), metrics.aggregate_optimality_gap(scores)])
 
 
+def curve_of(record: dict[str, Any], tasks: list[str]) -> tuple[list[int], list[list[float]]] | None:
+    """(steps, tasks x points) of a record's learning curve: its periodic evaluations, or for a
+    continual run the own-stage curves of its stages (steps into each stage), when they share
+    their steps."""
+    if record.get("curve"):
+        steps = [p["step"] for p in record["curve"]]
+        return steps, [[p["success"].get(t, np.nan) for p in record["curve"]] for t in tasks]
+    stages = (record.get("continual") or {}).get("curves") or []
+    if stages and all(c["steps"] == stages[0]["steps"] for c in stages):
+        return stages[0]["steps"], [c["success"] for c in stages]
+    return None
+
+
 def collect(study: Study, records: list[dict[str, Any]]) -> Scores:
     """Arrange the current records of ``study`` by condition (the score the study's
-    ``eval.score`` names)."""
+    ``eval.score`` names); the runs of one condition must share their tasks."""
     runs = {r.key: r for r in study.runs}
     score = study.file.eval.score
     references = [rec for rec in records if runs[rec["key"]].variant == study.file.references]
@@ -66,15 +80,15 @@ def collect(study: Study, records: list[dict[str, Any]]) -> Scores:
         run = runs[rec["key"]]
         sets = [(run.label, rec["final"])] + [(f"{run.label}[{e}]", rec["extra"][e]) for e in run.evals]
         for label, scores in sets:
-            missing = set(tasks) - set(scores.get(score, {}))
-            if missing:
-                raise StudyError(f"record {rec['key']} ({label}) has no {score} for {sorted(missing)}")
-            rows.setdefault(label, []).append([scores[score][t] for t in tasks])
+            mine = sorted(scores.get(score, {}))
+            if out.tasks_of.setdefault(label, mine) != mine:
+                raise StudyError(f"record {rec['key']} ({label}) has {score} for {mine}, other runs "
+                                 f"of {label} for {out.tasks_of[label]}")
+            rows.setdefault(label, []).append([scores[score][t] for t in mine])
             out.seeds.setdefault(label, []).append(rec["seed"])
-        if rec.get("curve") and score == "success":
-            steps = [p["step"] for p in rec["curve"]]
-            curves.setdefault(run.label, []).append(
-                (steps, [[p["success"].get(t, np.nan) for p in rec["curve"]] for t in tasks]))
+        curve = curve_of(rec, out.tasks_of[run.label]) if score == "success" else None
+        if curve is not None:
+            curves.setdefault(run.label, []).append(curve)
         for name, value in run_metrics(rec, references).items():
             if value is not None and name not in ("stages_done", "num_tasks"):
                 out.scalars.setdefault(run.label, {}).setdefault(name, []).append(value)
@@ -82,7 +96,8 @@ def collect(study: Study, records: list[dict[str, Any]]) -> Scores:
     for label, items in curves.items():
         common = sorted(set.intersection(*(set(steps) for steps, _ in items)))
         if common:
-            arrays = [np.array(values)[:, [steps.index(s) for s in common]] for steps, values in items]
+            arrays = [np.array(values, dtype=float)[:, [steps.index(s) for s in common]]
+                      for steps, values in items]
             out.curves[label] = (common, np.stack(arrays))
     out.scalars = {label: {m: np.array(v, dtype=float) for m, v in d.items()}
                    for label, d in out.scalars.items()}
@@ -129,6 +144,9 @@ def improvement(scores: Scores, pairs: list[tuple[str, str]], reps: int, seed: i
     for x, y in pairs:
         if x not in scores.finals or y not in scores.finals:
             out.append({"x": x, "y": y, "p": None, "verdict": "no records"})
+            continue
+        if scores.tasks_of[x] != scores.tasks_of[y]:
+            out.append({"x": x, "y": y, "p": None, "verdict": "not compared: different tasks"})
             continue
         if min(len(scores.finals[x]), len(scores.finals[y])) < MIN_RUNS:
             out.append({"x": x, "y": y, "p": None, "verdict": f"not separated at this budget "
@@ -200,7 +218,9 @@ def markdown(study: Study, scores: Scores, table: dict, pairs: list[dict], scala
               "| condition | " + " | ".join(t.removesuffix("-v3") for t in scores.tasks) + " |",
               "|---|" + "---|" * len(scores.tasks)]
     for label, values in scores.finals.items():
-        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in values.mean(axis=0)) + " |")
+        means = dict(zip(scores.tasks_of[label], values.mean(axis=0)))
+        lines.append(f"| {label} | " + " | ".join(f"{means[t]:.2f}" if t in means else "-"
+                                                    for t in scores.tasks) + " |")
     lines += [""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -54,13 +54,11 @@ def run_states(study: Study, places: Places) -> list[dict[str, Any]]:
         if run.key in current:
             row |= {"state": "recorded", "step": current[run.key].get("steps"),
                     "wall_s": current[run.key].get("wall_s")}
-        elif is_running(run_dir):
-            row["state"] = "running"
-        elif is_finished(run_dir):
-            row["state"] = "finished, not recorded"
-        elif run_dir.is_dir():
+        elif is_running(run_dir) or run_dir.is_dir():
             latest = latest_checkpoint(run_dir) if (run_dir / "checkpoints").is_dir() else None
-            row |= {"state": "partial", "step": None if latest is None else
+            state = ("running" if is_running(run_dir) else
+                     "finished, not recorded" if is_finished(run_dir) else "partial")
+            row |= {"state": state, "step": None if latest is None else
                     json.loads((latest / "state.json").read_text()).get("step")}
         rows.append(row)
     return rows

@@ -46,6 +46,7 @@ class ContinualConfig:
     method: str = "finetune"  # one of METHODS
     reference: str = ""  # a stage name: train only that stage (a single-task reference run)
     curve_tasks: str = "all"  # all | current: tasks evaluated every train.eval_every steps
+    final_episodes: int = 0  # > 0: after the last stage every task again, with this many episodes
     reg_coef: float | None = None  # l2 / ewc / mas penalty weight (None: DEFAULT_REG_COEF)
     importance_samples: int = 64  # ewc / mas: per-sample gradients at the end of a stage
     lora_rank: int = 8  # lora, compoformer_grow: adapter of each task on the attention QKV
@@ -64,6 +65,7 @@ class ContinualConfig:
         rules = [
             ("method", self.method in METHODS, f"one of {', '.join(METHODS)}"),
             ("curve_tasks", self.curve_tasks in ("all", "current"), "all or current"),
+            ("final_episodes", self.final_episodes >= 0, ">= 0 (0: the last row of the matrix)"),
             ("reg_coef", self.reg_coef is None or self.reg_coef >= 0, ">= 0"),
             ("importance_samples", self.importance_samples > 0, "> 0"),
             ("lora_rank", self.lora_rank > 0, "> 0"),

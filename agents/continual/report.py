@@ -18,7 +18,8 @@ PLOTS_HINT = "pip install 'orl[plots]' (matplotlib) to get the plots"
 
 def load_results(run_dir: Path) -> dict[str, Any]:
     """Stage names, envs, before-training success ``b``, success matrix ``R`` (NaN rows for
-    stages not finished) and the recorded evaluations of a continual run."""
+    stages not finished), the recorded evaluations of a continual run and its ``final``
+    evaluation (``continual.final_episodes``; None without one)."""
     path = Path(run_dir) / "continual.json"
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"Run directory {str(run_dir)!r} does not exist.")
@@ -32,7 +33,8 @@ def load_results(run_dir: Path) -> dict[str, Any]:
         matrix[i] = row
     before = np.full(len(names), np.nan) if state["before"] is None else np.array(state["before"])
     return {"names": names, "envs": [s["eval_task"] for s in state["stages"]], "before": before,
-            "matrix": matrix, "evaluations": state["evaluations"], "notes": state["notes"]}
+            "matrix": matrix, "evaluations": state["evaluations"], "notes": state["notes"],
+            "final": state.get("final")}
 
 
 def own_stage_curve(results: dict[str, Any], stage: int) -> Curve:
@@ -79,7 +81,7 @@ def continual_record(results: dict[str, Any]) -> dict[str, Any]:
     n = finished_rows(results["matrix"])
     return {"stages": results["names"], "envs": results["envs"],
             "before": plain(results["before"]), "matrix": [plain(row) for row in results["matrix"]],
-            "curves": [own_stage_curve(results, i) for i in range(n)]}
+            "curves": [own_stage_curve(results, i) for i in range(n)], "final": results["final"]}
 
 
 def continual_metrics(results: dict[str, Any],

@@ -178,11 +178,12 @@ class ContinualRun:
         return {"config": to_dict(self.cfg), "data_spec": self.spec.to_dict(), "stage": stage}
 
     # ------------------------------------------------------------ evaluation
-    def evaluate_all(self) -> np.ndarray:
-        """Success rate of every stage's task with that stage's head, (T,)."""
+    def evaluate_all(self, episodes: int | None = None) -> np.ndarray:
+        """Success rate of every stage's task with that stage's head, (T,), over ``episodes``
+        per task (default ``eval.episodes``)."""
         success = np.full(len(self.stages), np.nan)
         for group in _distinct_env_groups(self.stages):
-            success[group] = self.evaluate_group(group, self.cfg.eval.episodes)
+            success[group] = self.evaluate_group(group, episodes or self.cfg.eval.episodes)
         return success
 
     def success_of(self, stage: int, episodes: int) -> float:
@@ -315,6 +316,10 @@ class ContinualRun:
                 self.phase_done(stage, "end")
             self.state["rows"].append(self.stage_row(stage))
             self.state |= {"stage": stage + 1, "phases_done": []}
+            self.save_state()
+        episodes = self.cfg.continual.final_episodes
+        if episodes and self.state.get("final") is None:  # the agent after the sequence
+            self.state["final"] = self.evaluate_all(episodes).tolist()
             self.save_state()
         return report(self.run_dir, logger=self.logger)
 

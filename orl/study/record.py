@@ -155,8 +155,9 @@ def build_record(study: str, run: RunSpec, run_dir: Path, wall_s: float,
         from orl.agents.continual.metrics import record_metrics
 
         summary = continual_summary(run_dir)
-        record["final"] = {"success": dict(zip(summary["envs"], summary["matrix"][-1], strict=True)),
-                           "return": {}, "episodes": cfg.eval.episodes}
+        final = summary["final"] or summary["matrix"][-1]  # continual.final_episodes, else R's last row
+        record["final"] = {"success": dict(zip(summary["envs"], final, strict=True)), "return": {},
+                           "episodes": cfg.continual.final_episodes or cfg.eval.episodes}
         record["continual"] = summary
         record["metrics"] = record_metrics(summary)
         record["steps"] = cfg.train.steps * len(summary["stages"])

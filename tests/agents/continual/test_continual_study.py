@@ -19,7 +19,7 @@ def test_study_metrics_equal_orl_report_with_same_seed_references(tmp_path, toys
     study_file.parent.mkdir()
     study_file.write_text(yaml.safe_dump({
         "base": str(base), "seeds": [0], "references": "ref",
-        "variants": {"finetune": {"continual.method": "finetune"},
+        "variants": {"finetune": {"continual.method": "finetune", "continual.final_episodes": 4},
                      "ref": {"continual.method": "finetune", "axes": {"task": {
                          "s0": {"continual.reference": "s0"}, "s1": {"continual.reference": "s1"}}}}},
         "eval": {"episodes": 2, "num_envs": 2}}, sort_keys=False))
@@ -32,6 +32,11 @@ def test_study_metrics_equal_orl_report_with_same_seed_references(tmp_path, toys
     store = ResultsStore(places.results)
     records = {r["key"]: r for r in store.records()}
     assert records["finetune-s0"]["steps"] == 20 and len(records["finetune-s0"]["continual"]["matrix"]) == 2
+    # the final success is the 4-episode evaluation after the sequence, not R's last row
+    final = json.loads((places.run_dir(study.runs[0]) / "continual.json").read_text())["final"]
+    assert records["finetune-s0"]["final"]["episodes"] == 4
+    assert list(records["finetune-s0"]["final"]["success"].values()) == final and len(final) == 2
+    assert records["ref+s0-s0"]["final"]["episodes"] == 2
 
     run_dir = places.run_dir(study.runs[0])
     references = [places.run_dir(r) for r in study.runs[1:]]

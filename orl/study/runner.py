@@ -226,9 +226,12 @@ def preflight(study: Study, runs: list[RunSpec]) -> None:
 
 
 def pending(study: Study, places: Places, only: list[str] | None = None) -> list[RunSpec]:
-    """The selected runs without a current record."""
+    """The selected runs without a current record, seed by seed (every condition's first seed,
+    then every second seed, ...), so a study stopped early has its conditions at even counts."""
     current, _ = split_records(ResultsStore(places.results).records(), study.runs)
-    return [run for run in study.select(only) if run.key not in current]
+    order = {seed: i for i, seed in enumerate(study.file.seeds)}
+    todo = [run for run in study.select(only) if run.key not in current]
+    return sorted(todo, key=lambda run: order[run.seed])  # stable: study order within a seed
 
 
 class Progress:

@@ -16,7 +16,7 @@ import yaml
 from orl.cli import main as orl_main
 from orl.study import ResultsStore, StudyError, load_study
 from orl.study.report import BEGIN, END, report
-from orl.study.runner import Places, check_ray_address
+from orl.study.runner import Places, check_ray_address, pending
 from orl.study.spec import RunSpec
 from orl.study.store import split_records
 
@@ -69,6 +69,8 @@ def test_study_file_expands_variants_axes_and_seeds(tmp_path):
     assert run.config["run"]["seed"] == 0 and study.runs[1].config["run"]["seed"] == 1
     assert len({r.config_hash for r in study.runs}) == 8  # seeds differ, so do hashes
     assert study.select(["wide"]) == [r for r in study.runs if r.variant == "wide"]
+    todo = pending(study, Places.of(study, tmp_path / "runs"))
+    assert [r.key for r in todo[:4]] == ["narrow+slow-s0", "narrow+fast-s0", "wide+slow-s0", "wide+fast-s0"]
     assert [r.key for r in study.select(["fast"])] == [r.key for r in study.runs if "+fast" in r.key]
 
 

@@ -193,6 +193,17 @@ class CompoFormer(Method):
     def callbacks(self, agent: ContinualAgent) -> list[Callback]:
         return [] if self.phase == "warmup" else self.module.callbacks(agent)
 
+    def added_parameters(self, agent: ContinualAgent, stage: int) -> int:
+        """None for a composed task; a grown one adds its module's entries (adapter or kept
+        weights), its MLP head and, when it weighs two or more earlier policies, its query/key
+        maps."""
+        if self.acts_as(stage) != stage:
+            return 0
+        modules = [self.heads[stage]] + ([self.query[stage], self.key[stage]]
+                                         if len(self.grown_before(stage)) > 1 else [])
+        return self.module.task_entries(stage) + sum(p.numel() for m in modules
+                                                     for p in m.parameters())
+
     def run_stage(self, runner: Any, stage: int) -> None:
         """Warm up, roll out the best-matching earlier policy, then compose or grow."""
         earlier = self.grown_before(stage)

@@ -80,6 +80,12 @@ class Method(nn.Module):
     def end_stage(self, agent: ContinualAgent, stage: int, sampler: Any) -> None:
         """After the stage's training (its data still at hand through ``sampler``)."""
 
+    def added_parameters(self, agent: ContinualAgent, stage: int) -> int:
+        """Parameters task ``stage`` (after the first) added to the policy, counted after its
+        stage: those its actions depend on and no earlier task's do (here its action head;
+        methods add their adapters or kept weights)."""
+        return sum(p.numel() for p in agent.model.heads[agent.heads[stage]].parameters())
+
 
 class ContinualAgent(Agent):
     """A DT with one action head per stage, per-stage state statistics and target returns

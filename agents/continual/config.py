@@ -27,8 +27,10 @@ class ContinualConfig:
     """A task sequence learned one task at a time; ``train.steps`` is the budget of each task,
     ``train.eval_every`` how often the tasks of the sequence are evaluated during a stage:
     every task (``curve_tasks: all``, the curves of Continual World's plots) or only the stage's
-    own task (``current``: what forward transfer needs, at a tenth of OCW10's evaluation cost);
-    the end of every stage always evaluates every task (the success matrix).
+    own task (``current``: what forward transfer needs, at a tenth of OCW10's evaluation cost).
+    The end of every stage evaluates the rows of the success matrix: every task
+    (``matrix_tasks: all``) or the tasks trained so far and the next one (``seen``: what P, F and
+    both forward transfers need, a third less evaluation on OCW10; the rest of the row is NaN).
 
     Stages come from ``tasks`` (Meta-World tasks and/or benchmarks such as ``OCW10``, data
     ``metaworld/<task>/<data.level>-v<data.version>``) or from explicit ``stages``.
@@ -46,6 +48,7 @@ class ContinualConfig:
     method: str = "finetune"  # one of METHODS
     reference: str = ""  # a stage name: train only that stage (a single-task reference run)
     curve_tasks: str = "all"  # all | current: tasks evaluated every train.eval_every steps
+    matrix_tasks: str = "all"  # all | seen: tasks evaluated at the end of each stage
     final_episodes: int = 0  # > 0: after the last stage every task again, with this many episodes
     reg_coef: float | None = None  # l2 / ewc / mas penalty weight (None: DEFAULT_REG_COEF)
     importance_samples: int = 64  # ewc / mas: per-sample gradients at the end of a stage
@@ -65,6 +68,7 @@ class ContinualConfig:
         rules = [
             ("method", self.method in METHODS, f"one of {', '.join(METHODS)}"),
             ("curve_tasks", self.curve_tasks in ("all", "current"), "all or current"),
+            ("matrix_tasks", self.matrix_tasks in ("all", "seen"), "all or seen"),
             ("final_episodes", self.final_episodes >= 0, ">= 0 (0: the last row of the matrix)"),
             ("reg_coef", self.reg_coef is None or self.reg_coef >= 0, ">= 0"),
             ("importance_samples", self.importance_samples > 0, "> 0"),

@@ -165,6 +165,13 @@ class PackNet(Method):
     def owners(self) -> list[torch.Tensor]:
         return [getattr(self, f"owner_{k}") for k in range(len(self.linears))]
 
+    def task_entries(self, stage: int) -> int:
+        """Weights stage ``stage`` owns (kept at its pruning)."""
+        return sum(int((owner == stage).sum()) for owner in self.owners())
+
+    def added_parameters(self, agent: ContinualAgent, stage: int) -> int:
+        return super().added_parameters(agent, stage) + self.task_entries(stage)
+
     def route(self, task: Index) -> Route:
         return Route(mask=task)
 
@@ -234,6 +241,14 @@ class LoRA(Method):
 
     def adapters(self) -> list[nn.Parameter]:
         return [p for layer in self.linears for p in (layer.lora_a, layer.lora_b)]
+
+    def task_entries(self, stage: int) -> int:
+        """Entries of stage ``stage``'s adapter (none for the first stage, which trains the
+        backbone and leaves its adapter zero)."""
+        return sum(p[stage].numel() for p in self.adapters()) if stage > 0 else 0
+
+    def added_parameters(self, agent: ContinualAgent, stage: int) -> int:
+        return super().added_parameters(agent, stage) + self.task_entries(stage)
 
     def stage_parameters(self, agent: ContinualAgent, stage: int) -> list[nn.Parameter]:
         if stage == 0:

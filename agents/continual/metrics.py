@@ -1,10 +1,12 @@
 """Continual-learning metrics of a success matrix.
 
 ``R[i][j]`` is the success rate on task ``j`` after training on task ``i`` (T x T; rows of stages
-not finished yet are NaN) and ``b[j]`` the success on task ``j`` before any training. With the
-last finished row ``n - 1`` (``n = T`` for a finished run), as the OCW code defines them:
+not finished yet are NaN, and so are the entries ``j > i + 1`` of a run that evaluates only the
+tasks seen so far and the next, ``continual.matrix_tasks: seen``) and ``b[j]`` the success on
+task ``j`` before any training. With the last finished row ``n - 1`` (``n = T`` for a finished
+run), as the OCW code defines them:
 
-* performance ``P = mean_j R[n-1][j]``
+* performance ``P = mean_j R[n-1][j]`` (over the tasks that row evaluated)
 * forgetting ``F = mean_{i<n} (R[i][i] - R[n-1][i])``
 * forward transfer ``FWT = mean_{i<n-1} (R[i][i+1] - b[i+1])``
 
@@ -50,14 +52,15 @@ class ContinualMetrics:
 
 
 def finished_rows(matrix: np.ndarray) -> int:
-    """Number of leading rows of ``matrix`` without NaN (stages finished)."""
-    done = ~np.isnan(matrix).any(axis=1)
+    """Number of leading rows ``i`` of ``matrix`` whose tasks ``0 .. i`` have a success (stages
+    finished)."""
+    done = np.array([not np.isnan(row[: i + 1]).any() for i, row in enumerate(matrix)])
     return int(np.argmin(done)) if not done.all() else len(matrix)
 
 
 def performance(matrix: np.ndarray) -> float:
     n = finished_rows(matrix)
-    return float(np.mean(matrix[n - 1]))
+    return float(np.nanmean(matrix[n - 1]))
 
 
 def forgetting(matrix: np.ndarray) -> float:
@@ -122,9 +125,19 @@ def record_metrics(record: Mapping[str, Any],
                    reference_curves: Mapping[str, Curve] | None = None) -> dict[str, Any]:
     """P, F, FWT (success-matrix definitions) of a continual run's ``record`` (what
     ``continual_record`` returns: ``stages``, ``envs``, ``before``, ``matrix`` with None/NaN rows
-    for unfinished stages, ``curves`` of the finished ones) and, given single-task reference
-    curves by env, Continual World's forward transfer of its finished stages."""
+    for unfinished stages, ``curves`` of the finished ones, ``notes`` by stage) and, given
+    single-task reference curves by env, Continual World's forward transfer of its finished
+    stages. From the notes of the finished stages: ``added_parameters``, the mean over the tasks
+    after the first of the parameters each added, and CompoFormer's ``composed_tasks`` (tasks
+    that reused an earlier policy)."""
     metrics = summarize(record["matrix"], record["before"])  # None -> NaN
+    notes = [(record.get("notes") or {}).get(str(i), {}) for i in range(1, metrics.stages_done)]
+    counts: dict[str, float] = {}
+    if notes and all("added_parameters" in note for note in notes):
+        counts["added_parameters"] = float(np.mean([note["added_parameters"] for note in notes]))
+    decisions = [note["decision"] for note in notes if "decision" in note]
+    if decisions:
+        counts["composed_tasks"] = decisions.count("compose")
     if reference_curves is not None:
         n = metrics.stages_done
         envs = record["envs"][:n]
@@ -135,4 +148,4 @@ def record_metrics(record: Mapping[str, Any],
         transfer = cw_forward_transfer(record["curves"][:n], [reference_curves[e] for e in envs],
                                        record["stages"][:n])
         metrics = replace(metrics, cw_forward_transfer=transfer)
-    return metrics.to_dict()
+    return metrics.to_dict() | counts

@@ -73,15 +73,17 @@ def stage_steps(results: dict[str, Any]) -> list[int]:
 
 def continual_record(results: dict[str, Any]) -> dict[str, Any]:
     """What the results store keeps of a continual run (JSON, NaN as None): ``stages``,
-    ``envs``, ``before``, ``matrix`` (None rows for unfinished stages) and the ``curves`` of its
-    finished stages (``own_stage_curve``); ``record_metrics`` computes the metrics from it."""
+    ``envs``, ``before``, ``matrix`` (None rows for unfinished stages), the ``curves`` of its
+    finished stages (``own_stage_curve``) and the stages' ``notes`` (parameters added,
+    CompoFormer's decisions); ``record_metrics`` computes the metrics from it."""
     def plain(values: np.ndarray) -> list[Any]:
         return [None if np.isnan(v) else float(v) for v in values]
 
     n = finished_rows(results["matrix"])
     return {"stages": results["names"], "envs": results["envs"],
             "before": plain(results["before"]), "matrix": [plain(row) for row in results["matrix"]],
-            "curves": [own_stage_curve(results, i) for i in range(n)], "final": results["final"]}
+            "curves": [own_stage_curve(results, i) for i in range(n)], "final": results["final"],
+            "notes": results["notes"]}
 
 
 def continual_metrics(results: dict[str, Any],
@@ -116,7 +118,7 @@ def report(run_dir: Path, references: list[Path] = (), logger: Any = None,
     matrix, before = results["matrix"], results["before"]
     out: dict[str, Any] = {"stages": results["names"], "before": before.tolist(),
                            "matrix": matrix.tolist(), "notes": results["notes"]}
-    if not np.isnan(matrix[0]).any():  # at least one stage finished
+    if finished_rows(matrix):
         out |= continual_metrics(results, reference_curves(list(references)) if references else None)
     write_json(run_dir / "report.json", out)
     plots = write_plots(run_dir, results)
@@ -147,9 +149,13 @@ def print_table(results: dict[str, Any], out: dict[str, Any]) -> None:
     console.print(table)
     if n:
         fwt, cw = out["forward_transfer"], out.get("cw_forward_transfer")
-        summary = Table("P", "F", "FWT", "CW forward transfer")
+        counts = {"parameters added per task": out.get("added_parameters"),
+                  "composed tasks": out.get("composed_tasks")}
+        counts = {name: value for name, value in counts.items() if value is not None}
+        summary = Table("P", "F", "FWT", "CW forward transfer", *counts)
         summary.add_row(f"{out['performance']:.3f}", f"{out['forgetting']:.3f}",
-                        "-" if fwt is None else f"{fwt:.3f}", "-" if cw is None else f"{cw:.3f}")
+                        "-" if fwt is None else f"{fwt:.3f}", "-" if cw is None else f"{cw:.3f}",
+                        *(f"{value:,.0f}" for value in counts.values()))
         console.print(summary)
 
 

@@ -178,13 +178,19 @@ class ContinualRun:
         return {"config": to_dict(self.cfg), "data_spec": self.spec.to_dict(), "stage": stage}
 
     # ------------------------------------------------------------ evaluation
-    def evaluate_all(self, episodes: int | None = None) -> np.ndarray:
+    def evaluate_all(self, episodes: int | None = None, stages: int | None = None) -> np.ndarray:
         """Success rate of every stage's task with that stage's head, (T,), over ``episodes``
-        per task (default ``eval.episodes``)."""
+        per task (default ``eval.episodes``); only the first ``stages`` stages if given (the
+        others NaN)."""
         success = np.full(len(self.stages), np.nan)
-        for group in _distinct_env_groups(self.stages):
+        for group in _distinct_env_groups(self.stages[:stages]):
             success[group] = self.evaluate_group(group, episodes or self.cfg.eval.episodes)
         return success
+
+    def row_stages(self, stage: int) -> int | None:
+        """How many stages the row of the success matrix after ``stage`` evaluates (None: all):
+        with ``continual.matrix_tasks: seen`` those trained so far and the next."""
+        return stage + 2 if self.cfg.continual.matrix_tasks == "seen" else None
 
     def success_of(self, stage: int, episodes: int) -> float:
         """Success rate of stage ``stage``'s task in ``episodes`` episodes."""
@@ -209,13 +215,13 @@ class ContinualRun:
 
     def record(self, stage: int, phase: str, step: int, steps: int) -> dict[str, float]:
         """Evaluate the tasks and record them as point ``stage + step / steps`` of the curves:
-        every task at the end of a phase, before it only the stage's own task with
-        ``continual.curve_tasks: current`` (the others NaN)."""
+        the tasks of a matrix row at the end of a phase (``row_stages``), before it every task
+        or, with ``continual.curve_tasks: current``, the stage's own task (the others NaN)."""
         if step < steps and self.cfg.continual.curve_tasks == "current":
             success = np.full(len(self.stages), np.nan)
             success[stage] = self.success_of(stage, self.cfg.eval.episodes)
         else:
-            success = self.evaluate_all()
+            success = self.evaluate_all(stages=self.row_stages(stage) if step == steps else None)
         key = (stage, phase, step)
         self.state["evaluations"] = [e for e in self.state["evaluations"]
                                      if (e["stage"], e["phase"], e["step"]) != key]
@@ -314,6 +320,8 @@ class ContinualRun:
             if "end" not in self.state["phases_done"]:
                 self.method.end_stage(self.agent, stage, self.sampler(stage))
                 self.phase_done(stage, "end")
+            if stage > 0:  # the first stage trains the backbone every method starts from
+                self.note(stage, {"added_parameters": self.method.added_parameters(self.agent, stage)})
             self.state["rows"].append(self.stage_row(stage))
             self.state |= {"stage": stage + 1, "phases_done": []}
             self.save_state()

@@ -39,6 +39,8 @@ class Scores:
     # label -> (steps, runs x tasks x points)
     curves: dict[str, tuple[list[int], np.ndarray]] = field(default_factory=dict)
     scalars: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # label -> metric -> runs
+    # continual runs: label -> (stage names, runs x T x T success matrices, NaN where not evaluated)
+    matrices: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
 
 
 def aggregates(scores: np.ndarray) -> np.ndarray:
@@ -89,6 +91,11 @@ def collect(study: Study, records: list[dict[str, Any]]) -> Scores:
         curve = curve_of(rec, out.tasks_of[run.label]) if score == "success" else None
         if curve is not None:
             curves.setdefault(run.label, []).append(curve)
+        if "continual" in rec:
+            stages = rec["continual"]["stages"]
+            names, runs_of = out.matrices.get(run.label, (stages, np.empty((0, len(stages), len(stages)))))
+            matrix = np.array(rec["continual"]["matrix"], dtype=float)[None]
+            out.matrices[run.label] = (names, np.concatenate([runs_of, matrix]))
         for name, value in run_metrics(rec, references).items():
             if value is not None and name not in ("stages_done", "num_tasks"):
                 out.scalars.setdefault(run.label, {}).setdefault(name, []).append(value)
@@ -262,7 +269,32 @@ def write_plots(scores: Scores, folder: Path, reps: int, seed: int, score: str) 
         ax.set_ylabel("IQM success (95% CI)")
         ax.legend(fontsize=8)
         written.append(_save(fig, folder / "learning_curves.png", atomic_path, plt))
+    if scores.matrices:
+        written.append(_save(success_matrices(scores.matrices, plt), folder / "success_matrices.png",
+                             atomic_path, plt))
     return written
+
+
+def success_matrices(matrices: dict[str, tuple[list[str], np.ndarray]], plt: Any) -> Any:
+    """One heatmap per condition of its success matrix R[i][j] (success on task j after stage
+    i), mean over runs; blank where no run evaluated."""
+    cols = min(4, len(matrices))
+    rows = -(-len(matrices) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[len(matrices):]:
+        ax.axis("off")
+    for ax, (label, (names, runs)) in zip(axes.flat, matrices.items()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # entries no run evaluated
+            mean = np.nanmean(runs, axis=0)
+        image = ax.imshow(np.ma.masked_invalid(mean), vmin=0, vmax=1, cmap="viridis")
+        short = [n.removesuffix("-v3") for n in names]
+        ax.set_xticks(range(len(names)), short, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(names)), short, fontsize=6)
+        ax.set_title(f"{label} ({len(runs)} runs)", fontsize=8)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="success after stage (row)")
+    return fig
 
 
 def iqm_per_point(scores: np.ndarray) -> np.ndarray:
@@ -273,7 +305,8 @@ def iqm_per_point(scores: np.ndarray) -> np.ndarray:
 
 
 def _save(fig: Any, path: Path, atomic_path: Any, plt: Any) -> Path:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

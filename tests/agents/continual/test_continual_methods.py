@@ -141,3 +141,43 @@ def test_agem_gradient_is_the_projection(toys, tmp_path):
     got = flat(torch.autograd.grad(loss, params, allow_unused=True))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(loss.detach(), metrics["action_mse"])
+
+
+
+def kept_by_stage(stage, keep=0.5):
+    """Weights PackNet stage ``stage`` keeps in the tiny model's block linears (qkv 24 x 8,
+    attention proj 8 x 8, MLP 32 x 8 and 8 x 32): ``keep`` of the still-free ones."""
+    total = 0
+    for n in (192, 64, 256, 256):
+        free = n
+        for _ in range(stage + 1):
+            kept = round(keep * free)
+            free -= kept
+        total += kept
+    return total
+
+
+@pytest.mark.parametrize("method", ["finetune", "ewc", "mtl", "packnet", "lora",
+                                    "compoformer_grow", "compoformer_prune"])
+def test_added_parameters_counted_by_hand(toys, tmp_path, method):
+    """Tiny model (embed 8, one block, 1-d actions): a task's own action head has 8 + 1
+    parameters, a LoRA adapter rank 2 x (8 + 24) on the qkv projection, a CompoFormer MLP head
+    (16 -> 8 -> 1) 145 and its query/key maps 2 x (384 x 8 + 8), counted from the third task on
+    (the second has only one earlier policy to weigh); a composed task adds nothing."""
+    cfg, agent, samplers = toys.tiny_agent(tmp_path, [PLUS, MINUS, PLUS], method)
+    if method.startswith("compoformer"):
+        agent.method.source[:] = torch.arange(3)  # every task grows
+    for stage in range(3):
+        train_stage(agent, samplers[stage], stage, tmp_path)
+    head, adapter, mlp_head, query_key = 9, 2 * (8 + 24), 16 * 8 + 8 + 8 + 1, 2 * (384 * 8 + 8)
+    expected = {
+        "finetune": [head, head], "ewc": [head, head], "mtl": [head, head],
+        "packnet": [head + kept_by_stage(1), head + kept_by_stage(2)],
+        "lora": [head + adapter, head + adapter],
+        "compoformer_grow": [adapter + mlp_head, adapter + mlp_head + query_key],
+        "compoformer_prune": [kept_by_stage(1) + mlp_head, kept_by_stage(2) + mlp_head + query_key],
+    }[method]
+    assert [agent.method.added_parameters(agent, t) for t in (1, 2)] == expected
+    if method.startswith("compoformer"):
+        agent.method.source[2] = 0  # task 2 composed: it reuses task 0's policy
+        assert agent.method.added_parameters(agent, 2) == 0

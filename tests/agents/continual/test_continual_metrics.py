@@ -34,6 +34,18 @@ def test_metrics_of_an_interrupted_run_use_the_finished_rows():
     assert summarize(only_first, B).forward_transfer is None
 
 
+def test_metrics_of_rows_of_the_seen_tasks_and_the_next():
+    """continual.matrix_tasks=seen leaves R[i][j > i + 1] NaN: the metrics are those of R, and
+    a run stopped after stage 0 has one finished row."""
+    seen = R.copy()
+    seen[0, 2] = np.nan
+    assert summarize(seen, B) == summarize(R, B)
+    first = np.full_like(R, np.nan)
+    first[0, :2] = R[0, :2]
+    m = summarize(first, B)
+    assert m.stages_done == 1 and m.performance == pytest.approx((0.8 + 0.1) / 2)
+
+
 def test_cw_forward_transfer_of_two_hand_computed_curves():
     """Trapezoid areas over the steps, divided by the stage's length."""
     curves = [{"steps": [0, 5, 10], "success": [0.2, 0.6, 1.0]},  # (2 + 4) / 10 = 0.6
@@ -68,6 +80,20 @@ def test_record_metrics_needs_a_reference_of_every_finished_stage():
     assert record_metrics(record, {"x": curve, "y": curve})["cw_forward_transfer"] == 0.0
     with pytest.raises(ValueError, match=r"no single-task reference curve for \['y'\]"):
         record_metrics(record, {"x": curve})
+
+
+def test_record_metrics_count_the_parameters_added_and_the_tasks_composed():
+    """Means over the finished stages after the first; the decisions of CompoFormer's."""
+    record = {"stages": ["a", "b", "c"], "envs": ["x", "y", "z"], "before": B.tolist(),
+              "matrix": R.tolist(), "curves": [],
+              "notes": {"1": {"added_parameters": 100, "decision": "grow"},
+                        "2": {"added_parameters": 0, "decision": "compose"}}}
+    metrics = record_metrics(record)
+    assert metrics["added_parameters"] == 50.0 and metrics["composed_tasks"] == 1
+    record["matrix"] = [*R[:2].tolist(), [None] * 3]  # stage 2 unfinished: its note is left out
+    assert record_metrics(record)["added_parameters"] == 100.0
+    del record["notes"]  # a run of an older orl: no counts
+    assert "added_parameters" not in record_metrics(record)
 
 
 def test_bad_matrices():

@@ -30,9 +30,12 @@ def test_three_task_sequence_then_report(toys, tmp_path, capsys):
     capsys.readouterr()
     assert orl_main(["report", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "3/3 stages done" in out and "FWT" in out
+    assert "3/3 stages done" in out and "FWT" in out and "parameters added per task" in out
     report = json.loads((run / "report.json").read_text())
     assert report["stages_done"] == 3
+    # finetune: a task after the first adds its action head (8 + 1 parameters)
+    assert [state["notes"][str(i)]["added_parameters"] for i in (1, 2)] == [9, 9]
+    assert report["added_parameters"] == 9.0 and "composed_tasks" not in report
     matrix = report["matrix"]
     assert report["performance"] == pytest.approx(sum(matrix[2]) / 3)
     for name in ("success_matrix.png", "success_curves.png"):
@@ -86,6 +89,10 @@ def test_compose_when_an_earlier_policy_solves_the_task(toys, tmp_path):
     assert notes["1"]["reuse_success"] == 1.0
     assert not (run / "stages" / "01-s1" / "train").exists()  # no training at all
     assert notes["2"]["decision"] == "grow"  # the plus policy fails the minus task
+    # the composed task adds nothing; the grown one its adapter and MLP head (one earlier
+    # policy to weigh: its query/key maps do not count)
+    assert notes["1"]["added_parameters"] == 0
+    assert notes["2"]["added_parameters"] == 2 * (8 + 24) + 16 * 8 + 8 + 8 + 1
     assert (run / "stages" / "02-s2" / "train").is_dir()
     rows = json.loads((run / "continual.json").read_text())["rows"]
     assert rows[2] == [1.0, 1.0, 1.0]
@@ -184,3 +191,24 @@ def test_curves_of_the_current_task_only(toys, tmp_path):
     assert own_stage_curve(results, 1)["steps"] == [0, 5, 10]
     with pytest.raises(ValueError, match="curve_tasks must be all or current"):
         ContinualConfig(curve_tasks="some")
+
+
+def test_matrix_rows_of_the_seen_tasks_and_the_next(toys, tmp_path, capsys):
+    """continual.matrix_tasks=seen: the row after stage i evaluates stages 0 .. i+1 only; P, F
+    and FWT come out of that matrix as they do from a full one."""
+    config = toys.tiny_config(tmp_path, [PLUS, MINUS, PLUS], "finetune", matrix_tasks="seen")
+    assert train_agent_main(["--config", str(config)]) == 0
+    run = tmp_path / "runs" / "seq"
+    state = json.loads((run / "continual.json").read_text())
+    evaluated = [[j for j, v in enumerate(row) if v == v] for row in state["rows"]]
+    assert evaluated == [[0, 1], [0, 1, 2], [0, 1, 2]]
+    capsys.readouterr()
+    assert orl_main(["report", str(run)]) == 0
+    report = json.loads((run / "report.json").read_text())
+    m, b = report["matrix"], report["before"]
+    assert report["stages_done"] == 3
+    assert report["performance"] == pytest.approx(sum(m[2]) / 3)
+    assert report["forgetting"] == pytest.approx(sum(m[i][i] - m[2][i] for i in range(3)) / 3)
+    assert report["forward_transfer"] == pytest.approx((m[0][1] - b[1] + m[1][2] - b[2]) / 2)
+    with pytest.raises(ValueError, match="matrix_tasks must be all or seen"):
+        ContinualConfig(matrix_tasks="some")

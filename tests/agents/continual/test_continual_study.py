@@ -45,8 +45,11 @@ def test_study_metrics_equal_orl_report_with_same_seed_references(tmp_path, toys
     report(study, places.results, reps=200)
     scalars = json.loads((places.results / "report.json").read_text())["scalars"]
     assert set(scalars) == {"finetune"}  # the references are not a condition of the tables
-    for name in ("performance", "forgetting", "forward_transfer", "cw_forward_transfer"):
+    for name in ("performance", "forgetting", "forward_transfer", "cw_forward_transfer",
+                 "added_parameters"):
         assert scalars["finetune"][name][0] == pytest.approx(expected[name])
+    assert (places.results / "success_matrices.png").read_bytes()[:4] == b"\x89PNG"
+    assert "success_matrices.png" in (places.results / "report.md").read_text()
     assert orl_main(["report", str(run_dir), "--reference", *map(str, references)]) == 0
     printed = json.loads((run_dir / "report.json").read_text())
     assert printed["cw_forward_transfer"] == pytest.approx(expected["cw_forward_transfer"])

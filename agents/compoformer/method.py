@@ -155,21 +155,35 @@ class CompoFormer(Method):
         out = None
         for j, s in plays.items():
             at = task_rows[j]
-            earlier = self.grown_before(s)
-            own = features[s][at]
-            if earlier:
-                weights = self.attention(s, earlier)
-                composed = sum(w * features[i][at] for w, i in zip(weights, earlier))
-            else:
-                composed = torch.zeros_like(own)
-            y = self.heads[s](torch.cat([own, composed], dim=-1))
-            y = agent.model.squash(y)
+            y = self.policy_actions(agent, s, {i: features[i][at] for i in {s, *self.grown_before(s)}})
             if len(plays) == 1:
                 return y
             if out is None:
                 out = y.new_empty(size, *y.shape[1:])
             out[at] = y
         return out
+
+    def policy_actions(self, agent: ContinualAgent, grown: int, features: dict[int, torch.Tensor]
+                       ) -> torch.Tensor:
+        """Actions of grown task ``grown``'s policy from the state-token ``features`` of its
+        module and of the earlier grown modules (module -> features of the same rows)."""
+        earlier = self.grown_before(grown)
+        own = features[grown]
+        if earlier:
+            weights = self.attention(grown, earlier)
+            composed = sum(w * features[i] for w, i in zip(weights, earlier))
+        else:
+            composed = torch.zeros_like(own)
+        return agent.model.squash(self.heads[grown](torch.cat([own, composed], dim=-1)))
+
+    def grown_actions(self, agent: ContinualAgent, inputs: tuple[torch.Tensor, ...],
+                      grown: list[int]) -> torch.Tensor:
+        """Actions (len(grown), B, K, act_dim) of the grown policies ``grown`` on the whole batch
+        ``inputs``, every module's features computed once (not once per policy using them)."""
+        rows = torch.arange(len(inputs[0]), device=inputs[0].device)
+        needed = {i for s in grown for i in (s, *self.grown_before(s))}
+        features = self.module_features(agent, inputs, dict.fromkeys(needed, rows))
+        return torch.stack([self.policy_actions(agent, s, features) for s in grown])
 
     # --------------------------------------------------------------- training
     def loss(self, agent: ContinualAgent, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -178,7 +192,7 @@ class CompoFormer(Method):
         inputs = (batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
         earlier = self.grown_before(agent.stage)
         with torch.no_grad():
-            policies = torch.stack([self.actions(agent, inputs, i) for i in earlier])
+            policies = self.grown_actions(agent, inputs, earlier)
         weights = self.attention(agent.stage, earlier)
         mse = action_mse((weights[:, None, None, None] * policies).sum(0), batch)
         return mse, {"action_mse": mse.detach()}

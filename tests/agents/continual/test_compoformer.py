@@ -100,3 +100,22 @@ def test_mixed_task_batches_act_like_one_task_at_a_time(toys, tmp_path, variant)
             torch.testing.assert_close(mixed[rows], alone, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(mixed[task == 2], agent.actions(
         tuple(x[task == 2] for x in inputs), 0))
+
+
+@pytest.mark.parametrize("variant", ["grow", "prune"])
+def test_grown_policies_on_one_batch_act_as_each_alone(toys, tmp_path, variant):
+    """The compose warm-up's targets: every earlier grown policy on the whole batch, each
+    module's features computed once, equal the policies' actions one at a time."""
+    envs = ["ToySignPlus-v0", "ToySignMinus-v0", "ToySignPlus-v0", "ToySignMinus-v0"]
+    cfg, agent, samplers = toys.tiny_agent(tmp_path, envs, f"compoformer_{variant}")
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    agent.method.source[:] = torch.tensor([0, 1, 0, 3])  # task 2 composed from task 0
+    agent.eval()
+    batch = samplers[0].sample()
+    inputs = (batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
+    with torch.no_grad():
+        together = agent.method.grown_actions(agent, inputs, [0, 1, 3])
+        for k, task in enumerate([0, 1, 3]):
+            torch.testing.assert_close(together[k], agent.actions(inputs, task), rtol=1e-5, atol=1e-6)

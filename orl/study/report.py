@@ -5,7 +5,8 @@ Per condition (variant and axis values; an extra evaluation is a condition of it
 with stratified-bootstrap 95% CIs, probability of improvement for the study's pairs,
 performance profiles, learning curves (IQM with CI bands) and, for continual runs, their scalar
 metrics (P, F, FWT) with CIs. Written as markdown and PNGs into the results folder, and with
-``--write-docs`` into ``docs/results/<study>.md`` between the markers.
+``--write-docs`` into ``docs/results/<page>.md`` between the markers (``page``: the study's
+name unless the study file names another page).
 """
 
 from __future__ import annotations
@@ -340,7 +341,7 @@ def report(study: Study, results: Path, docs: Path | None = None, reps: int = 50
                                          "pairs": pairs, "scalars": scalars,
                                          "stale_records": len(stale)})
     if docs is not None:
-        write_docs(docs / f"{study.name}.md", text, study.name)
+        write_docs(docs / f"{study.file.page or study.name}.md", text, study.name)
     if logger is not None:
         log_tables(logger, table, pairs)
     return text

@@ -100,6 +100,7 @@ class StudyFile:
     budget: Budget = field(default_factory=Budget)
     prepare: list[Prepare] = field(default_factory=list)
     description: str = ""
+    page: str = ""  # the results page --write-docs fills (docs/results/<page>.md); default: the study's name
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,22 @@ def test_report_statistics_agree_with_numpy_and_write_the_docs_section(tmp_path)
     assert (docs / "tiny.md").read_text().count(BEGIN) == 1
 
 
+def test_a_study_can_fill_a_results_page_of_another_name(tmp_path):
+    path = write_study(tmp_path, page="methods", eval={"episodes": 2, "num_envs": 2})
+    study = load_study(path)
+    rng = np.random.default_rng(2)
+    for record in synthetic_records(study, {"wide": rng.uniform(0, 1, (2, 3)),
+                                             "narrow": rng.uniform(0, 1, (2, 3))}):
+        store_of(tmp_path).append(record)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "methods.md").write_text("# Methods\n\nWritten by hand.\n")
+    text = report(study, store_of(tmp_path).folder, docs=docs, reps=100, seed=0)
+    page = (docs / "methods.md").read_text()
+    assert page.startswith("# Methods\n\nWritten by hand.") and BEGIN in page and text in page
+    assert not (docs / "tiny.md").exists() and (docs / "tiny" / "performance_profile.png").is_file()
+
+
 def test_overlapping_conditions_are_not_separated(tmp_path):
     path = write_study(tmp_path, seeds=[0, 1, 2, 3, 4], eval={"episodes": 2, "num_envs": 2})
     study = load_study(path)

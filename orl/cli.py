@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--vector", choices=["sync", "async"], default="sync")
     ev.add_argument("--max-steps", type=int, default=None,
                     help="cap on episode length, like a run's eval.max_steps (None: the env's limit)")
+    ev.add_argument("--stop-on-success", action="store_true",
+                    help="end an episode at its first success, like a run's eval.stop_on_success")
     ev.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     ev.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     ev.add_argument("--video", type=Path, default=None, metavar="DIR",
@@ -143,7 +145,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                          "has no tasks to evaluate on: pass --tasks EnvId-vN")
     result = evaluate(policy, tasks, episodes=args.episodes,
                       num_envs=args.num_envs, seed=args.seed, vector=args.vector,
-                      max_steps=args.max_steps, video_dir=args.video, video_episodes=args.video_episodes)
+                      max_steps=args.max_steps, stop_on_success=args.stop_on_success, video_dir=args.video, video_episodes=args.video_episodes)
     result.print()
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_json(), indent=1))

@@ -190,9 +190,8 @@ def make_evaluator(cfg: ExperimentConfig, tasks: list[str], unseen: Any = None):
     from orl.eval.evaluate import evaluate
 
     def run(policy: Any, on: list[str]) -> Any:
-        return evaluate(policy, on, episodes=cfg.eval.episodes, num_envs=cfg.eval.num_envs,
-                        seed=cfg.run.seed, vector=cfg.eval.vector, max_steps=cfg.eval.max_steps,
-                        progress=False)
+        return evaluate(policy, on, episodes=cfg.eval.episodes, seed=cfg.run.seed, progress=False,
+                        **cfg.eval.rollout_options())
 
     def evaluator(agent: Any, step: int) -> dict[str, float]:
         result = run(agent.policy(task_agnostic=cfg.eval.task_agnostic), tasks)

@@ -200,13 +200,12 @@ class ContinualRun:
         """Success of stages ``group`` (all on different envs), evaluated together."""
         from orl.eval.evaluate import evaluate
 
-        ev = self.cfg.eval
         envs = [self.stages[i].eval_task for i in group]
         devices = [self.device] if torch.device(self.device).type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):  # training RNG untouched
             result = evaluate(self.agent.policy(stages=group, task_names=envs), envs,
-                              episodes=episodes, num_envs=ev.num_envs, seed=self.cfg.run.seed,
-                              vector=ev.vector, max_steps=ev.max_steps, progress=False)
+                              episodes=episodes, seed=self.cfg.run.seed, progress=False,
+                              **self.cfg.eval.rollout_options())
         for i, task in zip(group, result.tasks):
             if task.success_rate is None:
                 raise ValueError(f"stage {self.stages[i].name}: env {task.env_id} reports no "

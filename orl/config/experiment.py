@@ -4,6 +4,7 @@ MTDT on a small MT10 near-optimal dataset, sized for a 2-core CPU."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from orl.agents.continual.config import ContinualConfig
 from orl.agents.federated.config import FederatedConfig
@@ -78,6 +79,8 @@ class EvalConfig:
     target_return: float | None = None  # raw units; None: each task's best dataset return
     max_steps: int | None = None  # cap on episode length (None: the env's own limit)
     task_agnostic: bool = False  # harmodt: no task id (merged mask; G-HarmoDT: gate-picked group mask)
+    stop_on_success: bool = False  # end an episode at its first info["success"] (success rates
+    #   unchanged; returns and lengths stop there; Meta-World evaluations cost fewer env steps)
 
     def __post_init__(self) -> None:
         if self.episodes <= 0 or self.num_envs <= 0:
@@ -86,6 +89,11 @@ class EvalConfig:
             raise ValueError(f"eval.max_steps must be > 0 (null: the env's limit), got {self.max_steps}")
         if self.vector not in VECTOR_MODES:
             raise ValueError(f"eval.vector must be one of {VECTOR_MODES}, got {self.vector!r}")
+
+    def rollout_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``orl.eval.evaluate`` this section sets (all but episodes)."""
+        return {"num_envs": self.num_envs, "vector": self.vector, "max_steps": self.max_steps,
+                "stop_on_success": self.stop_on_success}
 
 
 @dataclass

@@ -85,9 +85,11 @@ class SingleEpisode(gym.Wrapper):
     the next episode there: frames rendered after the reset and after every step.
     """
 
-    def __init__(self, env: gym.Env, max_steps: int | None = None) -> None:
+    def __init__(self, env: gym.Env, max_steps: int | None = None,
+                 stop_on_success: bool = False) -> None:
         super().__init__(env)
         self.max_steps = max_steps
+        self.stop_on_success = stop_on_success
         self.plan: dict[str, Any] | None = {}
         self.video_path: str | None = None
         self._frames: list[np.ndarray] = []
@@ -108,7 +110,8 @@ class SingleEpisode(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._steps += 1
         capped = self.max_steps is not None and self._steps >= self.max_steps
-        self._obs, self._over = obs, bool(terminated or truncated or capped)
+        succeeded = self.stop_on_success and bool(info.get("success", False))
+        self._obs, self._over = obs, bool(terminated or truncated or capped or succeeded)
         if self._frames:
             self._frames.append(self.env.render())
             if self._over:
@@ -117,14 +120,16 @@ class SingleEpisode(gym.Wrapper):
         return obs, reward, False, False, {**info, "episode_over": self._over}
 
 
-def make_env(env_id: str, max_steps: int | None, render: bool = False) -> SingleEpisode:
+def make_env(env_id: str, max_steps: int | None, render: bool = False,
+             stop_on_success: bool = False) -> SingleEpisode:
     """One sub-env of the evaluation vector env (module level, so async workers can pickle it)."""
     env = gym.make(env_id, render_mode="rgb_array") if render else gym.make(env_id)
-    return SingleEpisode(env, max_steps)
+    return SingleEpisode(env, max_steps, stop_on_success)
 
 
 def make_vector_env(
-    env_ids: Sequence[str], max_steps: int | None = None, vector: str = "sync", render: bool = False
+    env_ids: Sequence[str], max_steps: int | None = None, vector: str = "sync", render: bool = False,
+    stop_on_success: bool = False,
 ) -> gym.vector.VectorEnv:
     """A vector env with one :class:`SingleEpisode` sub-env per id (``render``: made with
     ``render_mode="rgb_array"``, to record videos).
@@ -145,7 +150,8 @@ def make_vector_env(
                              "evaluate them in separate calls")
     batched = batch_differing_spaces([spaces[name][0] for name in env_ids])
     observation_mode = (batched, first_obs)
-    env_fns = [functools.partial(make_env, name, max_steps, render) for name in env_ids]
+    env_fns = [functools.partial(make_env, name, max_steps, render, stop_on_success)
+               for name in env_ids]
     kwargs = dict(observation_mode=observation_mode, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     if vector == "async":
         return gym.vector.AsyncVectorEnv(env_fns, **kwargs)
@@ -180,6 +186,7 @@ def evaluate(
     seed: int = 0,
     vector: str = "sync",
     max_steps: int | None = None,
+    stop_on_success: bool = False,
     progress: bool = True,
     video_dir: str | Path | None = None,
     video_episodes: int = 1,
@@ -190,7 +197,9 @@ def evaluate(
     short MuJoCo names, as a list or a comma-separated string; repeats are evaluated once.
     ``num_envs`` envs per task run together (fewer if ``episodes`` is smaller); ``vector`` is
     ``"sync"`` or ``"async"`` (one process per env). ``max_steps`` caps the steps of an episode
-    (a truncation). The policy gets ``reset(N, tasks=...)`` with one task name per env if its
+    (a truncation); ``stop_on_success`` ends an episode at its first step with
+    ``info["success"]`` true (success rates are unchanged; returns and lengths count the steps
+    until then, and evaluating a policy that succeeds early costs fewer env steps). The policy gets ``reset(N, tasks=...)`` with one task name per env if its
     ``reset`` accepts ``tasks``. ``video_dir``: also record the first ``video_episodes`` episodes
     of every task as ``<video_dir>/<task>-episode<i>.mp4`` (needs the ``video`` extra; MuJoCo
     renders offscreen with ``MUJOCO_GL=egl`` or ``osmesa`` on machines without a display).
@@ -214,7 +223,7 @@ def evaluate(
     successes = np.full((len(eval_tasks), episodes), np.nan)
 
     envs = make_vector_env([eval_tasks[t].env_id for t in env_task], max_steps, vector,
-                           render=video_dir is not None)
+                           render=video_dir is not None, stop_on_success=stop_on_success)
     start = time.perf_counter()
     try:
         with tqdm(total=len(eval_tasks) * episodes, desc="eval", unit="ep",

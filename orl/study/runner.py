@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from orl.config.experiment import EvalConfig
 from orl.experiment import write_json
 from orl.study.record import EXTRA_PREFIX, build_record, provenance
 from orl.study.spec import RunSpec, Study, StudyError
@@ -121,9 +122,9 @@ def _extra_eval(study: Study, run: RunSpec, run_dir: Path, name: str) -> None:
         checkpoint = _pruned(run, run_dir, name, options)
     policy, tasks = load_agent(checkpoint, device="cpu" if run.config["train"]["device"] == "cpu"
                                else None, with_tasks=True, task_agnostic=options.task_agnostic)
-    ev = run.config["eval"]
-    result = evaluate(policy, tasks, episodes=ev["episodes"], num_envs=ev["num_envs"],
-                      seed=run.seed, vector=ev["vector"], max_steps=ev["max_steps"], progress=False)
+    ev = EvalConfig(**run.config["eval"])
+    result = evaluate(policy, tasks, episodes=ev.episodes, seed=run.seed, progress=False,
+                      **ev.rollout_options())
     write_json(out, result.to_dict())
 
 

@@ -299,3 +299,34 @@ def test_videos_of_the_first_episodes(tmp_path, vector):
 def test_bad_video_episodes(tmp_path):
     with pytest.raises(ValueError, match="video_episodes"):
         evaluate(PumpPolicy(), "OrlTestFrames-v0", episodes=1, video_dir=tmp_path, video_episodes=0)
+
+
+def test_stop_on_success_ends_episodes_at_the_first_success():
+    task = FAST_TASKS[0]
+    env = make_env(f"orl/{task}", max_steps=50)
+    env.plan = {"variation": 0}
+    obs, _ = env.reset(seed=0)
+    expert, rewards = expert_policy(task), []
+    while True:
+        obs, reward, _, _, info = env.step(expert(obs))
+        rewards.append(reward)
+        if info["success"]:
+            break
+    env.close()
+    assert len(rewards) < 50  # the expert succeeds before the cap, so the test can tell
+    kw = dict(episodes=1, num_envs=1, max_steps=50, seed=0, progress=False)
+    stopped = evaluate(ExpertPolicy(), task, stop_on_success=True, **kw).tasks[0]
+    full = evaluate(ExpertPolicy(), task, **kw).tasks[0]
+    assert stopped.lengths.tolist() == [len(rewards)] and full.lengths.tolist() == [50]
+    assert stopped.returns[0] == pytest.approx(sum(rewards))
+    assert stopped.success_rate == full.success_rate == 1.0
+
+
+def test_eval_config_options_are_evaluate_arguments():
+    import inspect
+
+    from orl.config.experiment import EvalConfig
+
+    options = EvalConfig(stop_on_success=True, max_steps=7).rollout_options()
+    assert set(options) <= set(inspect.signature(evaluate).parameters)
+    assert options["stop_on_success"] is True and options["max_steps"] == 7

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from orl.study.runner import Places, is_finished, is_running, run_local, run_one, run_ray
-from orl.study.spec import Study, load_study
+from orl.study.spec import Study, expected_minutes, load_study
 from orl.study.store import ResultsStore, split_records
 
 
@@ -87,15 +87,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _estimate(study: Study, rows: list[dict[str, Any]]) -> str:
-    """Core-hours left, from the recorded runs' times (else the study's budget)."""
-    times = [r["wall_s"] for r in rows if r.get("wall_s")]
-    per_run = (sum(times) / len(times) / 60) if times else study.file.budget.minutes_per_run
-    left = sum(r["state"] != "recorded" for r in rows)
-    if per_run is None:
-        return f"{left} run(s) left; no run time measured yet (set budget.minutes_per_run)"
-    hours = left * per_run * study.file.budget.threads_per_run / 60
-    source = "measured" if times else "budget"
-    return f"{left} run(s) left x {per_run:.1f} min ({source}) = {hours:.1f} core-hours"
+    """Core-hours left, from the recorded runs' times per variant (else the study's budget)."""
+    minutes = expected_minutes(study, {r["key"]: r for r in rows if r["state"] == "recorded"})
+    left = [r["key"] for r in rows if r["state"] != "recorded"]
+    if any(minutes[key] is None for key in left):
+        return f"{len(left)} run(s) left; no run time measured yet (set budget.minutes_per_run)"
+    hours = sum(minutes[key] for key in left) * study.file.budget.threads_per_run / 60
+    return (f"{len(left)} run(s) left = {hours:.1f} core-hours (each variant's measured minutes "
+            "per run, else the study's budget)")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 from orl.config.experiment import EvalConfig
 from orl.experiment import write_json
 from orl.study.record import EXTRA_PREFIX, build_record, provenance
-from orl.study.spec import RunSpec, Study, StudyError
+from orl.study.spec import RunSpec, Study, StudyError, expected_minutes
 from orl.study.store import ResultsStore, split_records
 
 TIME_FILE = "study_time.json"  # seconds spent in finished attempts at this run
@@ -236,25 +236,27 @@ def pending(study: Study, places: Places, only: list[str] | None = None) -> list
 
 
 class Progress:
-    """Runs done/total and an ETA from the measured times of the runs finished so far."""
+    """Runs done/total and an ETA from the measured times of each variant's finished runs
+    (else the study's budget)."""
 
-    def __init__(self, study: Study, places: Places, todo: int, workers: int):
+    def __init__(self, study: Study, places: Places, todo: list[RunSpec], workers: int):
         from tqdm import tqdm
 
-        current, _ = split_records(ResultsStore(places.results).records(), study.runs)
-        self.times = [r["wall_s"] for r in current.values() if r.get("wall_s")]
+        self.study = study
+        self.records, _ = split_records(ResultsStore(places.results).records(), study.runs)
         self.workers = workers
-        self.bar = tqdm(total=todo, desc=f"study {study.name}", unit="run", dynamic_ncols=True)
-        self.left = todo
+        self.bar = tqdm(total=len(todo), desc=f"study {study.name}", unit="run", dynamic_ncols=True)
+        self.left = {run.key for run in todo}
 
     def done(self, record: dict[str, Any] | None, key: str) -> None:
-        if record is not None and record.get("wall_s"):
-            self.times.append(record["wall_s"])
-        self.left -= 1
+        if record is not None:
+            self.records[key] = record
+        self.left.discard(key)
         self.bar.update(1)
-        if self.times:
-            eta = sum(self.times) / len(self.times) * self.left / self.workers
-            self.bar.set_postfix_str(f"last {key}, ETA {eta / 60:.0f} min")
+        minutes = expected_minutes(self.study, self.records)
+        if all(minutes[k] is not None for k in self.left):
+            eta = sum(minutes[k] for k in self.left) / self.workers
+            self.bar.set_postfix_str(f"last {key}, ETA {eta:.0f} min")
 
     def close(self) -> None:
         self.bar.close()
@@ -275,7 +277,7 @@ def run_local(study: Study, places: Places, only: list[str] | None = None,
     logs = places.runs / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    progress = Progress(study, places, len(todo), workers)
+    progress = Progress(study, places, todo, workers)
     queue, running, failed = list(todo), [], []
     try:
         while queue or running:
@@ -348,7 +350,7 @@ def run_ray(study: Study, places: Places, address: str, only: list[str] | None =
         futures = {task.remote(study, run.key, asdict(places), threads): run.key for run in todo}
         store = ResultsStore(places.results)
         slots = int(ray.cluster_resources().get("CPU", 1)) // threads or 1
-        progress = Progress(study, places, len(todo), slots)
+        progress = Progress(study, places, todo, slots)
         failed = []
         while futures:
             ready, _ = ray.wait(list(futures), num_returns=1)

@@ -70,6 +70,7 @@ class Budget:
     """What one run costs, as measured (``orl study status`` multiplies it out)."""
 
     minutes_per_run: float | None = None  # on one core, before any run is recorded
+    minutes: dict = field(default_factory=dict)  # variant -> minutes, where it differs
     threads_per_run: int = 1
     note: str = ""
 
@@ -123,6 +124,26 @@ class RunSpec:
     def dir_name(self) -> str:
         """Run directory name: the key and the config hash, so a changed config gets a new dir."""
         return f"{self.key}-{self.config_hash[:8]}"
+
+
+def expected_minutes(study: Study, records: dict[str, dict]) -> dict[str, float | None]:
+    """Expected minutes of every run of ``study`` (by key): the mean measured time of its
+    variant's recorded runs (``records``: key -> record), else the budget's minutes for its
+    variant, else ``budget.minutes_per_run``, else the mean of every recorded run (None when
+    nothing is known)."""
+    measured: dict[str, list[float]] = {}
+    for run in study.runs:
+        wall = records.get(run.key, {}).get("wall_s")
+        if wall:
+            measured.setdefault(run.variant, []).append(wall / 60)
+    everything = [m for times in measured.values() for m in times]
+    budget = study.file.budget
+    fallback = budget.minutes_per_run
+    if fallback is None and everything:
+        fallback = sum(everything) / len(everything)
+    return {run.key: (sum(measured[run.variant]) / len(measured[run.variant])
+                      if run.variant in measured else budget.minutes.get(run.variant, fallback))
+            for run in study.runs}
 
 
 @dataclass
@@ -242,6 +263,9 @@ def load_study(path: str | Path) -> Study:
     if not spec.variants:
         raise StudyError(f"study {name}: no variants; name at least one (variants: {{mtdt: "
                          "{agent.name: mtdt}}).")
+    unknown = set(map(str, spec.budget.minutes)) - set(map(str, spec.variants))
+    if unknown:
+        raise StudyError(f"study {name}: budget.minutes names unknown variants {sorted(unknown)}")
     base = read_yaml_mapping((path.parent / spec.base).resolve(), "Base config") if spec.base else {}
     common, _ = _split(spec.overrides, f"study {name}: overrides", ())
     evals = {}

@@ -17,7 +17,7 @@ from orl.cli import main as orl_main
 from orl.study import ResultsStore, StudyError, load_study
 from orl.study.report import BEGIN, END, report
 from orl.study.runner import Places, check_ray_address, pending
-from orl.study.spec import RunSpec
+from orl.study.spec import RunSpec, expected_minutes
 from orl.study.store import split_records
 
 from .test_train_agent import write_pendulum_like
@@ -81,6 +81,7 @@ def test_study_file_expands_variants_axes_and_seeds(tmp_path):
     ({"variantz": {}}, "Unknown config key 'variantz'"),
     ({"pairs": [["wide", "nope"]]}, "pair ['wide', 'nope'] must name"),
     ({"evals": {"x": {"variants": ["nope"]}}}, "evals.x names unknown variants"),
+    ({"budget": {"minutes": {"nope": 3}}}, "budget.minutes names unknown variants ['nope']"),
     ({"variants": {"bad": {"agent.name": "nope"}}}, "run bad-s0: agent"),
 ])
 def test_bad_study_files_fail_before_anything_runs(tmp_path, changes, message):
@@ -191,6 +192,18 @@ def synthetic_records(study, scores):
                     "final": {"success": {f"t{i}": float(v) for i, v in enumerate(row)}},
                     "metrics": {"P": float(np.mean(row))}})
     return out
+
+
+def test_expected_minutes_per_variant_measured_then_budgeted(tmp_path):
+    study = load_study(write_study(tmp_path, seeds=[0, 1, 2],
+                                   budget={"minutes_per_run": 10, "minutes": {"narrow": 2}}))
+    assert set(expected_minutes(study, {}).values()) == {2, 10}  # budget per variant, else default
+    records = {"wide-s0": {"wall_s": 60}, "wide-s1": {"wall_s": 300}}
+    minutes = expected_minutes(study, records)
+    assert minutes["wide-s2"] == 3.0 and minutes["narrow-s2"] == 2  # wide measured: mean 3 min
+    unbudgeted = load_study(write_study(tmp_path, budget={}))
+    assert set(expected_minutes(unbudgeted, {}).values()) == {None}
+    assert set(expected_minutes(unbudgeted, {"wide-s0": {"wall_s": 240}}).values()) == {4.0}
 
 
 def numpy_iqm(scores):

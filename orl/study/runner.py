@@ -29,7 +29,6 @@ from orl.study.record import EXTRA_PREFIX, build_record, provenance
 from orl.study.spec import RunSpec, Study, StudyError, expected_minutes
 from orl.study.store import ResultsStore, split_records
 
-TIME_FILE = "study_time.json"  # seconds spent in finished attempts at this run
 FORWARDED_ENV = ("MINARI_DATASETS_PATH", "WANDB_MODE", "MPLBACKEND")  # driver -> Ray tasks
 
 
@@ -59,6 +58,11 @@ def _lock_file(run_dir: Path) -> Path:
 
 def _provenance_file(run_dir: Path) -> Path:
     return run_dir.with_name(f".{run_dir.name}.provenance.json")
+
+
+def _time_file(run_dir: Path) -> Path:
+    """Seconds spent at the run, and when the attempt under way began."""
+    return run_dir.with_name(f".{run_dir.name}.time.json")
 
 
 @contextmanager
@@ -166,6 +170,7 @@ def run_one(study: Study, key: str, places: Places, threads: int | None = None) 
     run_dir = places.run_dir(run)
     with run_lock(run_dir):
         start = time.perf_counter()
+        _open_attempt(run_dir)
         started = _provenance_file(run_dir)
         if not started.is_file():  # the code that started the run, kept for its record
             write_json(started, provenance())
@@ -173,14 +178,26 @@ def run_one(study: Study, key: str, places: Places, threads: int | None = None) 
             _train(run, run_dir)
         for name in run.evals:
             _extra_eval(study, run, run_dir, name)
-        spent = _add_time(run_dir, time.perf_counter() - start)
+        spent = _close_attempt(run_dir, time.perf_counter() - start)
         return build_record(study.name, run, run_dir, spent, json.loads(started.read_text()))
 
 
-def _add_time(run_dir: Path, seconds: float) -> float:
+def _open_attempt(run_dir: Path) -> None:
+    """Note when this attempt began; an earlier attempt that never closed (killed) counts from
+    its start to the last write in the run dir."""
+    path = _time_file(run_dir)
+    times = json.loads(path.read_text()) if path.is_file() else {"seconds": 0.0}
+    if "open_since" in times:
+        last = max((f.stat().st_mtime for f in run_dir.rglob("*") if f.is_file()),
+                   default=times["open_since"])
+        times["seconds"] += max(0.0, last - times["open_since"])
+    write_json(path, {"seconds": times["seconds"], "open_since": time.time()})
+
+
+def _close_attempt(run_dir: Path, seconds: float) -> float:
     """Add this attempt's seconds to the run's total and return it."""
-    path = run_dir / TIME_FILE
-    total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
+    path = _time_file(run_dir)
+    total = json.loads(path.read_text())["seconds"] + seconds
     write_json(path, {"seconds": total})
     return total
 

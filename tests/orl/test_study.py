@@ -152,6 +152,23 @@ def test_killed_study_resumes_with_one_record_per_run(tmp_path):
     assert sorted(keys) == ["narrow-s0", "narrow-s1", "wide-s0", "wide-s1"]
 
 
+def test_a_killed_attempt_counts_until_its_last_write(tmp_path):
+    from orl.study.runner import _close_attempt, _open_attempt, _time_file
+
+    run_dir = tmp_path / "runs" / "tiny" / "wide-s0-abc"
+    run_dir.mkdir(parents=True)
+    _open_attempt(run_dir)
+    times = json.loads(_time_file(run_dir).read_text())
+    times["open_since"] -= 100  # the attempt began 100 s ago ...
+    _time_file(run_dir).write_text(json.dumps(times))
+    (run_dir / "metrics.jsonl").write_text("{}\n")  # ... wrote now, and was killed
+    _open_attempt(run_dir)
+    assert json.loads(_time_file(run_dir).read_text())["seconds"] == pytest.approx(100, abs=2)
+    assert _close_attempt(run_dir, 5.0) == pytest.approx(105, abs=2)
+    _open_attempt(run_dir)  # a closed attempt is not counted again
+    assert _close_attempt(run_dir, 1.0) == pytest.approx(106, abs=2)
+
+
 def _append_many(folder, worker, count):
     store = ResultsStore(folder)
     for i in range(count):

@@ -42,6 +42,7 @@ class Scores:
     scalars: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # label -> metric -> runs
     # continual runs: label -> (stage names, runs x T x T success matrices, NaN where not evaluated)
     matrices: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
+    episodes: set[int] = field(default_factory=set)  # per task, of the final evaluations recorded
 
 
 def aggregates(scores: np.ndarray) -> np.ndarray:
@@ -81,6 +82,8 @@ def collect(study: Study, records: list[dict[str, Any]]) -> Scores:
     curves: dict[str, list[tuple[list[int], list[list[float]]]]] = {}
     for rec in sorted(records, key=lambda r: (r["key"])):
         run = runs[rec["key"]]
+        if rec["final"].get("episodes"):
+            out.episodes.add(rec["final"]["episodes"])
         sets = [(run.label, rec["final"])] + [(f"{run.label}[{e}]", rec["extra"][e]) for e in run.evals]
         for label, scores in sets:
             mine = sorted(scores.get(score, {}))
@@ -198,7 +201,7 @@ def _ci(cell: tuple[float, float | None, float | None]) -> str:
 def markdown(study: Study, scores: Scores, table: dict, pairs: list[dict], scalars: dict,
              stale: int, plots: list[str]) -> str:
     """The generated section of a results page."""
-    episodes = study.file.eval.episodes
+    episodes = "/".join(map(str, sorted(scores.episodes))) or str(study.file.eval.episodes)
     lines = [f"Study `{study.name}` (`studies/{study.path.name}`): final {study.file.eval.score} of "
              f"the final checkpoint, {episodes} evaluation episodes per task, {len(scores.tasks)} "
              "tasks. 95% CIs from rliable's stratified bootstrap over runs x tasks.", "", RULE, ""]
@@ -293,7 +296,7 @@ def success_matrices(matrices: dict[str, tuple[list[str], np.ndarray]], plt: Any
         short = [n.removesuffix("-v3") for n in names]
         ax.set_xticks(range(len(names)), short, rotation=90, fontsize=6)
         ax.set_yticks(range(len(names)), short, fontsize=6)
-        ax.set_title(f"{label} ({len(runs)} runs)", fontsize=8)
+        ax.set_title(f"{label} ({len(runs)} run{'s' if len(runs) > 1 else ''})", fontsize=8)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="success after stage (row)")
     return fig
 

@@ -49,7 +49,8 @@ def test_study_metrics_equal_orl_report_with_same_seed_references(tmp_path, toys
                  "added_parameters"):
         assert scalars["finetune"][name][0] == pytest.approx(expected[name])
     assert (places.results / "success_matrices.png").read_bytes()[:4] == b"\x89PNG"
-    assert "success_matrices.png" in (places.results / "report.md").read_text()
+    text = (places.results / "report.md").read_text()
+    assert "success_matrices.png" in text and "4 evaluation episodes per task" in text
     assert orl_main(["report", str(run_dir), "--reference", *map(str, references)]) == 0
     printed = json.loads((run_dir / "report.json").read_text())
     assert printed["cw_forward_transfer"] == pytest.approx(expected["cw_forward_transfer"])

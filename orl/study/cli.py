@@ -82,8 +82,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
     print(", ".join(f"{n} {state}" for state, n in counts.items())
           + (f"; {len(stale)} stale record(s) left out" if stale else ""))
+    print("recorded runs per condition: " + _per_condition(study, rows))
     print(_estimate(study, rows))
     return 0
+
+
+def _per_condition(study: Study, rows: list[dict[str, Any]]) -> str:
+    """``label recorded/total`` for every condition, in study order."""
+    recorded = {row["key"] for row in rows if row["state"] == "recorded"}
+    counts: dict[str, list[int]] = {}
+    for run in study.runs:
+        done_total = counts.setdefault(run.label, [0, 0])
+        done_total[0] += run.key in recorded
+        done_total[1] += 1
+    return ", ".join(f"{label} {done}/{total}" for label, (done, total) in counts.items())
 
 
 def _estimate(study: Study, rows: list[dict[str, Any]]) -> str:

@@ -119,7 +119,8 @@ def test_tiny_study_runs_with_two_workers_and_is_not_run_twice(tmp_path, capsys)
     assert len(json.dumps(record)) < 8000
     capsys.readouterr()
     assert orl_main(["study", "status", str(path), *study_args(tmp_path)]) == 0
-    assert "4 recorded" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 recorded" in out and "recorded runs per condition: narrow 2/2, wide 2/2" in out
     assert orl_main(["study", "run", str(path), *study_args(tmp_path)]) == 0
     assert "every selected run is recorded" in capsys.readouterr().out
     assert len(store_of(tmp_path).records()) == 4

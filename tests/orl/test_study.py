@@ -369,6 +369,15 @@ def test_a_prompt_longer_than_a_trajectory_fails_before_any_run(tmp_path, capsys
     assert not list((tmp_path / "runs").glob("tiny/prompted*"))
 
 
+def test_unseen_tasks_overlapping_training_fail_before_any_run(tmp_path, capsys):
+    held_out = {"data.datasets": [], "data.eval_tasks": [], "data.tasks": ["reach-v3"],
+                "data.unseen_tasks": ["reach-v3"], "agent.name": "prompt_dt", "sampler.prompt_len": 2}
+    path = write_study(tmp_path, variants={"held-out": held_out}, pairs=[])
+    assert orl_main(["study", "run", str(path), *study_args(tmp_path)]) == 2
+    assert "run held-out-s0: data.unseen_tasks overlap the training tasks" in capsys.readouterr().err
+    assert not list((tmp_path / "runs").glob("tiny/held-out*"))
+
+
 def test_report_tables_go_to_wandb_as_tables():
     import wandb
 

@@ -12,6 +12,8 @@ name unless the study file names another page).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,13 +132,31 @@ def run_metrics(record: dict[str, Any], references: list[dict[str, Any]]) -> dic
     return record_metrics(record["continual"], curves)
 
 
+@contextmanager
+def seeded_numpy(seed: int) -> Iterator[None]:
+    """NumPy's global generator seeded with ``seed``, its state restored afterwards: rliable
+    draws its bootstrap indices from it whatever ``random_state`` it is given."""
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)
+
+
+def bootstrap(score_dict: dict, func: Any, reps: int, seed: int) -> tuple[dict, dict]:
+    """rliable's stratified-bootstrap point and interval estimates, reproducible for ``seed``."""
+    from rliable import library as rly
+
+    with seeded_numpy(seed):
+        return rly.get_interval_estimates(score_dict, func, reps=reps,
+                                          random_state=np.random.RandomState(seed))
+
+
 def interval_table(scores: Scores, reps: int, seed: int) -> dict[str, dict[str, tuple]]:
     """label -> aggregate -> (point, CI low, CI high), stratified bootstrap over runs per task
     (no CI from one run)."""
-    from rliable import library as rly
-
-    points, intervals = rly.get_interval_estimates(
-        scores.finals, aggregates, reps=reps, random_state=np.random.RandomState(seed))
+    points, intervals = bootstrap(scores.finals, aggregates, reps, seed)
     def cell(label: str, i: int) -> tuple[float, float | None, float | None]:
         if len(scores.finals[label]) < MIN_RUNS:
             return float(points[label][i]), None, None
@@ -148,7 +168,6 @@ def interval_table(scores: Scores, reps: int, seed: int) -> dict[str, dict[str, 
 
 def improvement(scores: Scores, pairs: list[tuple[str, str]], reps: int, seed: int) -> list[dict[str, Any]]:
     """P(X > Y) with its 95% CI and the verdict the rule gives, for each pair (X, Y)."""
-    from rliable import library as rly
     from rliable import metrics
 
     out = []
@@ -163,9 +182,8 @@ def improvement(scores: Scores, pairs: list[tuple[str, str]], reps: int, seed: i
             out.append({"x": x, "y": y, "p": None, "verdict": f"not separated at this budget "
                         f"(a CI needs at least {MIN_RUNS} runs of each)"})
             continue
-        point, interval = rly.get_interval_estimates(
-            {"pair": (scores.finals[x], scores.finals[y])}, metrics.probability_of_improvement,
-            reps=reps, random_state=np.random.RandomState(seed))
+        point, interval = bootstrap({"pair": (scores.finals[x], scores.finals[y])},
+                                    metrics.probability_of_improvement, reps, seed)
         low, high = np.asarray(interval["pair"], dtype=float).ravel()[:2]
         low, high = float(low), float(high)
         verdict = (f"{x} beats {y}" if low > 0.5 else f"{y} beats {x}" if high < 0.5
@@ -178,14 +196,11 @@ def improvement(scores: Scores, pairs: list[tuple[str, str]], reps: int, seed: i
 def scalar_table(scores: Scores, reps: int, seed: int) -> dict[str, dict[str, tuple]]:
     """label -> metric -> (mean, CI low, CI high) over runs (bootstrap of the runs; no CI from
     one run)."""
-    from rliable import library as rly
-
     out: dict[str, dict[str, tuple[float, float, float]]] = {}
     for label, metrics_of in scores.scalars.items():
         for name, values in metrics_of.items():
-            point, interval = rly.get_interval_estimates(
-                {name: values[:, None]}, lambda s: np.array([np.mean(s)]), reps=reps,
-                random_state=np.random.RandomState(seed))
+            point, interval = bootstrap({name: values[:, None]}, lambda s: np.array([np.mean(s)]),
+                                        reps, seed)
             low, high = (float(interval[name][0][0]), float(interval[name][1][0])) if len(
                 values) >= MIN_RUNS else (None, None)
             out.setdefault(label, {})[name] = (float(point[name][0]), low, high)
@@ -219,6 +234,15 @@ def markdown(study: Study, scores: Scores, table: dict, pairs: list[dict], scala
         for p in pairs:
             cell = "-" if p["p"] is None else _ci((p["p"], p["low"], p["high"]))
             lines.append(f"| {p['x']} | {p['y']} | {cell} | {p['verdict']} |")
+    if study.file.paper.values:
+        lines += ["", f"Against the paper ({study.file.paper.note}):" if study.file.paper.note
+                  else "Against the paper:", "",
+                  "| condition | metric | paper | this study [95% CI] |", "|---|---|---|---|"]
+        for label, metrics in study.file.paper.values.items():
+            for metric, value in metrics.items():
+                ours = table.get(label, {}).get(metric) or scalars.get(label, {}).get(metric)
+                lines.append(f"| {label} | {metric} | {value:.3f} | "
+                             f"{'-' if ours is None else _ci(ours)} |")
     if scalars:
         names = sorted({n for d in scalars.values() for n in d})
         lines += ["", "Run metrics (mean over runs [95% CI]):", "",
@@ -254,7 +278,8 @@ def write_plots(scores: Scores, folder: Path, reps: int, seed: int, score: str) 
     written = []
     values = np.concatenate([v.ravel() for v in scores.finals.values()])
     taus = np.linspace(0.0, 1.0, 21) if score == "success" else np.linspace(values.min(), values.max(), 21)
-    profiles, cis = rly.create_performance_profile(scores.finals, taus, reps=min(reps, 2000))
+    with seeded_numpy(seed):
+        profiles, cis = rly.create_performance_profile(scores.finals, taus, reps=min(reps, 2000))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis, ax=ax,
                                          xlabel=f"{score} (τ)",
@@ -264,9 +289,7 @@ def write_plots(scores: Scores, folder: Path, reps: int, seed: int, score: str) 
     if scores.curves:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for label, (steps, values) in scores.curves.items():
-            point, interval = rly.get_interval_estimates({label: values}, iqm_per_point,
-                                                         reps=min(reps, 2000),
-                                                         random_state=np.random.RandomState(seed))
+            point, interval = bootstrap({label: values}, iqm_per_point, min(reps, 2000), seed)
             ax.plot(steps, point[label], label=label)
             ax.fill_between(steps, interval[label][0], interval[label][1], alpha=0.2)
         ax.set_xlabel("training step")

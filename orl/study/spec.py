@@ -86,6 +86,17 @@ class Prepare:
 
 
 @dataclass
+class Paper:
+    """Published numbers to print beside the study's: ``values`` maps a condition to
+    ``{metric: value}``, a metric being an aggregate of the final score (``mean``, ``median``,
+    ``IQM``, ``optimality gap``) or a run metric (continual: ``performance``, ``forgetting``...),
+    in the study's units (success as a fraction)."""
+
+    note: str = ""  # where the numbers come from and how they differ from the study's protocol
+    values: dict = field(default_factory=dict)
+
+
+@dataclass
 class StudyFile:
     """The options of a study file (variants, axes, overrides: see the module doc)."""
 
@@ -101,6 +112,7 @@ class StudyFile:
     budget: Budget = field(default_factory=Budget)
     prepare: list[Prepare] = field(default_factory=list)
     description: str = ""
+    paper: Paper = field(default_factory=Paper)
     page: str = ""  # the results page --write-docs fills (docs/results/<page>.md); default: the study's name
 
 
@@ -311,4 +323,13 @@ def load_study(path: str | Path) -> Study:
         raise StudyError(f"study {name}: references names no variant ({spec.references!r})")
     study = Study(name=name, path=path, file=spec, runs=runs, extra_evals=evals)
     study.compared_pairs()  # names checked now
+    unknown = set(map(str, spec.paper.values)) - set(study.conditions())
+    if unknown:
+        raise StudyError(f"study {name}: paper.values names unknown conditions {sorted(unknown)}; "
+                         f"the conditions are {study.conditions()}")
+    for label, metrics in spec.paper.values.items():
+        if not isinstance(metrics, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
+            raise StudyError(f"study {name}: paper.values.{label} must map metric names to "
+                             f"numbers (e.g. {{mean: 0.604}}), got {metrics!r}")
     return study

@@ -82,6 +82,8 @@ def test_study_file_expands_variants_axes_and_seeds(tmp_path):
     ({"pairs": [["wide", "nope"]]}, "pair ['wide', 'nope'] must name"),
     ({"evals": {"x": {"variants": ["nope"]}}}, "evals.x names unknown variants"),
     ({"budget": {"minutes": {"nope": 3}}}, "budget.minutes names unknown variants ['nope']"),
+    ({"paper": {"values": {"nope": {"mean": 0.5}}}}, "paper.values names unknown conditions ['nope']"),
+    ({"paper": {"values": {"wide": {"mean": "high"}}}}, "paper.values.wide must map metric names"),
     ({"variants": {"bad": {"agent.name": "nope"}}}, "run bad-s0: agent"),
 ])
 def test_bad_study_files_fail_before_anything_runs(tmp_path, changes, message):
@@ -286,6 +288,22 @@ def test_a_study_can_fill_a_results_page_of_another_name(tmp_path):
     page = (docs / "methods.md").read_text()
     assert page.startswith("# Methods\n\nWritten by hand.") and BEGIN in page and text in page
     assert not (docs / "tiny.md").exists() and (docs / "tiny" / "performance_profile.png").is_file()
+
+
+def test_the_papers_numbers_are_printed_beside_the_studys(tmp_path):
+    paper = {"note": "Table 1", "values": {"wide": {"mean": 0.61, "P": 0.5}, "narrow": {"IQM": 0.2}}}
+    study = load_study(write_study(tmp_path, paper=paper, eval={"episodes": 2, "num_envs": 2}))
+    scores = {"wide": np.array([[0.2, 0.4, 0.6], [0.4, 0.6, 0.8]]),
+              "narrow": np.array([[0.0, 0.1, 0.2], [0.1, 0.2, 0.3]])}
+    for record in synthetic_records(study, scores):
+        store_of(tmp_path).append(record)
+    text = report(study, store_of(tmp_path).folder, reps=200, seed=0)
+    assert "Against the paper (Table 1):" in text
+    assert "| wide | mean | 0.610 | 0.500 [" in text  # mean of wide's runs x tasks
+    assert "| wide | P | 0.500 | 0.500 [" in text  # a run metric (synthetic P: each run's mean)
+    assert "| narrow | IQM | 0.200 | 0.150 [" in text
+    np.random.seed(123)  # rliable draws from the global generator: the report seeds it
+    assert report(study, store_of(tmp_path).folder, reps=200, seed=0) == text
 
 
 def test_overlapping_conditions_are_not_separated(tmp_path):

@@ -145,7 +145,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                          "has no tasks to evaluate on: pass --tasks EnvId-vN")
     result = evaluate(policy, tasks, episodes=args.episodes,
                       num_envs=args.num_envs, seed=args.seed, vector=args.vector,
-                      max_steps=args.max_steps, stop_on_success=args.stop_on_success, video_dir=args.video, video_episodes=args.video_episodes)
+                      max_steps=args.max_steps, stop_on_success=args.stop_on_success,
+                      video_dir=args.video, video_episodes=args.video_episodes)
     result.print()
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_json(), indent=1))

@@ -200,8 +200,8 @@ def evaluate(
     (a truncation); ``stop_on_success`` ends an episode at its first step with
     ``info["success"]`` true (success rates are unchanged; returns and lengths count the steps
     until then, and evaluating a policy that succeeds early costs fewer env steps). The policy
-    gets ``reset(N, tasks=...)`` with one task name per env if its ``reset`` accepts ``tasks``. ``video_dir``: also record the first ``video_episodes`` episodes
-    of every task as ``<video_dir>/<task>-episode<i>.mp4`` (needs the ``video`` extra; MuJoCo
+    gets ``reset(N, tasks=...)`` with one task name per env if its ``reset`` accepts ``tasks``.
+    ``video_dir``: also record the first ``video_episodes`` episodes of every task as ``<video_dir>/<task>-episode<i>.mp4`` (needs the ``video`` extra; MuJoCo
     renders offscreen with ``MUJOCO_GL=egl`` or ``osmesa`` on machines without a display).
     """
     if episodes <= 0 or num_envs <= 0:

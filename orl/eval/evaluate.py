@@ -201,8 +201,9 @@ def evaluate(
     ``info["success"]`` true (success rates are unchanged; returns and lengths count the steps
     until then, and evaluating a policy that succeeds early costs fewer env steps). The policy
     gets ``reset(N, tasks=...)`` with one task name per env if its ``reset`` accepts ``tasks``.
-    ``video_dir``: also record the first ``video_episodes`` episodes of every task as ``<video_dir>/<task>-episode<i>.mp4`` (needs the ``video`` extra; MuJoCo
-    renders offscreen with ``MUJOCO_GL=egl`` or ``osmesa`` on machines without a display).
+    ``video_dir``: also record the first ``video_episodes`` episodes of every task as
+    ``<video_dir>/<task>-episode<i>.mp4`` (needs the ``video`` extra; MuJoCo renders offscreen
+    with ``MUJOCO_GL=egl`` or ``osmesa`` on machines without a display).
     """
     if episodes <= 0 or num_envs <= 0:
         raise ValueError(f"episodes and num_envs must be positive, got {episodes} and {num_envs}")

@@ -8,6 +8,9 @@ anything is launched.
 
 Inside a study a mapping's keys that hold a dot (``train.steps``) are config overrides; keys
 without one are the study's own options (``axes``, ``evals``).
+
+``extends: <study file>`` starts from another study (see :func:`read_study_mapping`): the same
+protocol in one place, e.g. a shuffled task order run at the budget of the original.
 """
 
 from __future__ import annotations
@@ -94,6 +97,49 @@ class Paper:
 
     note: str = ""  # where the numbers come from and how they differ from the study's protocol
     values: dict = field(default_factory=dict)
+
+
+# What a study says about its own results: never taken from the study it extends.
+NOT_INHERITED = ("description", "page", "paper", "pairs")
+# Mappings that an extending study merges into its parent's (its keys win).
+MERGED = ("overrides", "eval", "budget")
+
+
+def read_study_mapping(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The study file's mapping with ``extends`` resolved: the parent's options, except
+    ``NOT_INHERITED``, under the file's own; ``overrides``, ``eval`` and ``budget`` merged key by
+    key; ``variants`` given as a list of names keeps those of the parent's variants (and their
+    ``budget.minutes``). ``base`` stays relative to the file that names it."""
+    path = path.resolve()
+    if path in seen:
+        cycle = " -> ".join(p.name for p in (*seen, path))
+        raise StudyError(f"study files extend each other in a cycle: {cycle}")
+    try:
+        data = read_yaml_mapping(path, "Study file")
+    except ConfigError as err:
+        raise StudyError(f"study {path.stem}: {err}") from err
+    if isinstance(data.get("base"), str):
+        data["base"] = str((path.parent / data["base"]).resolve())
+    parent_name = data.pop("extends", None)
+    if parent_name is None:
+        return data
+    parent = read_study_mapping(path.parent / str(parent_name), (*seen, path))
+    if isinstance(data.get("variants"), list):
+        names = [str(v) for v in data["variants"]]
+        known = {str(k): v for k, v in (parent.get("variants") or {}).items()}
+        missing = [v for v in names if v not in known]
+        if missing:
+            raise StudyError(f"study {path.stem}: variants {missing} are not variants of "
+                             f"{parent_name} ({', '.join(known)})")
+        data["variants"] = {v: known[v] for v in names}
+        minutes = (parent.get("budget") or {}).get("minutes")
+        if isinstance(minutes, dict):
+            parent["budget"] = {**parent["budget"],
+                                "minutes": {k: v for k, v in minutes.items() if str(k) in names}}
+    out = {k: v for k, v in parent.items() if k not in NOT_INHERITED}
+    for key, value in data.items():
+        out[key] = merge(out.get(key) or {}, value) if key in MERGED and isinstance(value, dict) else value
+    return out
 
 
 @dataclass
@@ -265,7 +311,7 @@ def load_study(path: str | Path) -> Study:
     path = Path(path)
     name = path.stem
     try:
-        spec = from_dict(StudyFile, read_yaml_mapping(path, "Study file"))
+        spec = from_dict(StudyFile, read_study_mapping(path))
     except ConfigError as err:
         raise StudyError(f"study {name}: {err}") from err
     if not spec.seeds:

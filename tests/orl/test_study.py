@@ -94,6 +94,45 @@ def test_bad_study_files_fail_before_anything_runs(tmp_path, changes, message):
     assert not (tmp_path / "runs").exists()
 
 
+def write_child(tmp_path, name="child", **options):
+    path = tmp_path / "studies" / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(options, sort_keys=False))
+    return path
+
+
+def test_an_extending_study_takes_the_protocol_and_picks_variants(tmp_path):
+    write_study(tmp_path, page="methods", overrides={"train.steps": 4, "train.lr": 1e-3},
+                         budget={"minutes_per_run": 0.1, "minutes": {"narrow": 0.2, "wide": 0.3}},
+                         paper={"values": {"wide": {"mean": 0.5}}})
+    child = write_child(tmp_path, extends="tiny.yaml", overrides={"train.lr": 5e-4},
+                        variants=["wide"], eval={"episodes": 3})
+    study = load_study(child)
+    assert [r.key for r in study.runs] == ["wide-s0", "wide-s1"]
+    config = study.runs[0].config
+    assert config["train"]["steps"] == 4 and config["train"]["lr"] == 5e-4  # merged, its own wins
+    assert config["model"]["embed_dim"] == 16 and config["eval"]["episodes"] == 3
+    assert study.file.eval.score == "return" and study.file.budget.minutes == {"wide": 0.3}
+    assert study.file.pairs == [] and study.file.paper.values == {} and study.file.page == ""
+    # the same runs written out in full (over the parent file) hash the same
+    full = write_study(tmp_path, overrides={"train.steps": 4, "train.lr": 5e-4},
+                       variants={"wide": {"model.embed_dim": 16}},
+                       eval={"episodes": 3, "num_envs": 2, "score": "return"}, pairs=[])
+    assert [r.config_hash for r in load_study(full).runs] == [r.config_hash for r in study.runs]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"extends": "nope.yaml"}, "nope.yaml' does not exist"),
+    ({"extends": "tiny.yaml", "variants": ["wide", "nope"]},
+     "variants ['nope'] are not variants of tiny.yaml"),
+    ({"extends": "child.yaml"}, "extend each other in a cycle: child.yaml -> child.yaml"),
+])
+def test_bad_extends_is_a_clear_error(tmp_path, options, message):
+    write_study(tmp_path)
+    with pytest.raises(StudyError) as err:
+        load_study(write_child(tmp_path, **options))
+    assert message in str(err.value)
+
+
 def test_unknown_only_key_and_silent_ray_address_are_clear_errors(tmp_path, capsys):
     path = write_study(tmp_path)
     assert orl_main(["study", "run", str(path), "--only", "nope-s9", *study_args(tmp_path)]) == 2

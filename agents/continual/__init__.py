@@ -8,6 +8,7 @@ from orl.agents.continual.metrics import (
                                          Curve,
                                          cw_forward_transfer,
                                          record_metrics,
+                                         sequence_matrix,
                                          summarize,
 )
 from orl.agents.continual.report import (
@@ -20,4 +21,5 @@ from orl.agents.continual.report import (
 
 __all__ = ["METHODS", "ContinualAgent", "ContinualConfig", "ContinualMetrics", "Curve", "Method",
            "StageConfig", "continual_metrics", "continual_record", "cw_forward_transfer",
-           "load_results", "own_stage_curve", "record_metrics", "reference_curves", "summarize"]
+           "load_results", "own_stage_curve", "record_metrics", "reference_curves", "sequence_matrix",
+           "summarize"]

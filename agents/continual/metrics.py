@@ -10,6 +10,10 @@ run), as the OCW code defines them:
 * forgetting ``F = mean_{i<n} (R[i][i] - R[n-1][i])``
 * forward transfer ``FWT = mean_{i<n-1} (R[i][i+1] - b[i+1])``
 
+A finished run with an evaluation after the sequence (``continual.final_episodes``, more
+episodes than a stage's) has that evaluation as its last row (:func:`sequence_matrix`): P is then
+the run's final success, and ``R[T-1]`` one number per task, not two.
+
 Continual World's forward transfer compares the area under each task's success curve during
 its own stage with that of a single-task reference run of the task: ``FT_i = (AUC_i - AUC_i^ref)
 / (1 - AUC_i^ref)`` (``AUC_i - 1`` when the reference is always successful), ``FT = mean_i FT_i``.
@@ -56,6 +60,18 @@ def finished_rows(matrix: np.ndarray) -> int:
     finished)."""
     done = np.array([not np.isnan(row[: i + 1]).any() for i, row in enumerate(matrix)])
     return int(np.argmin(done)) if not done.all() else len(matrix)
+
+
+def sequence_matrix(matrix: np.ndarray | Sequence, final: Sequence[float] | None) -> np.ndarray:
+    """Success matrix ``R`` whose last row is ``final``, the evaluation of every task after the
+    sequence (``continual.final_episodes``), when the run has one and finished every stage;
+    ``matrix`` (None -> NaN) as it is otherwise."""
+    out = np.array(matrix, dtype=float)
+    if final is not None and finished_rows(out) == len(out):
+        if len(final) != len(out):
+            raise ValueError(f"final evaluation has {len(final)} tasks, the success matrix {len(out)}")
+        out[-1] = np.asarray(final, dtype=float)
+    return out
 
 
 def performance(matrix: np.ndarray) -> float:
@@ -125,12 +141,12 @@ def record_metrics(record: Mapping[str, Any],
                    reference_curves: Mapping[str, Curve] | None = None) -> dict[str, Any]:
     """P, F, FWT (success-matrix definitions) of a continual run's ``record`` (what
     ``continual_record`` returns: ``stages``, ``envs``, ``before``, ``matrix`` with None/NaN rows
-    for unfinished stages, ``curves`` of the finished ones, ``notes`` by stage) and, given
+    for unfinished stages, ``final``, ``curves`` of the finished ones, ``notes`` by stage) and, given
     single-task reference curves by env, Continual World's forward transfer of its finished
     stages. From the notes of the finished stages: ``added_parameters``, the mean over the tasks
     after the first of the parameters each added, and CompoFormer's ``composed_tasks`` (tasks
     that reused an earlier policy)."""
-    metrics = summarize(record["matrix"], record["before"])  # None -> NaN
+    metrics = summarize(sequence_matrix(record["matrix"], record.get("final")), record["before"])
     notes = [(record.get("notes") or {}).get(str(i), {}) for i in range(1, metrics.stages_done)]
     counts: dict[str, float] = {}
     if notes and all("added_parameters" in note for note in notes):

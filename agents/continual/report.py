@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from orl.agents.continual.metrics import Curve, finished_rows, record_metrics
+from orl.agents.continual.metrics import Curve, finished_rows, record_metrics, sequence_matrix
 
 PLOTS_HINT = "pip install 'orl[plots]' (matplotlib) to get the plots"
 
@@ -115,6 +115,7 @@ def report(run_dir: Path, references: list[Path] = (), logger: Any = None,
 
     run_dir = Path(run_dir)
     results = load_results(run_dir)
+    results["matrix"] = sequence_matrix(results["matrix"], results["final"])  # table and plots
     matrix, before = results["matrix"], results["before"]
     out: dict[str, Any] = {"stages": results["names"], "before": before.tolist(),
                            "matrix": matrix.tolist(), "notes": results["notes"]}

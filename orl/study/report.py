@@ -100,7 +100,9 @@ def collect(study: Study, records: list[dict[str, Any]]) -> Scores:
         if "continual" in rec:
             stages = rec["continual"]["stages"]
             names, runs_of = out.matrices.get(run.label, (stages, np.empty((0, len(stages), len(stages)))))
-            matrix = np.array(rec["continual"]["matrix"], dtype=float)[None]
+            from orl.agents.continual.metrics import sequence_matrix
+
+            matrix = sequence_matrix(rec["continual"]["matrix"], rec["continual"].get("final"))[None]
             out.matrices[run.label] = (names, np.concatenate([runs_of, matrix]))
         for name, value in run_metrics(rec, references).items():
             if value is not None and name not in ("stages_done", "num_tasks"):
@@ -120,16 +122,16 @@ def collect(study: Study, records: list[dict[str, Any]]) -> Scores:
 def run_metrics(record: dict[str, Any], references: list[dict[str, Any]]) -> dict[str, Any]:
     """A record's scalar metrics; for a continual run with single-task reference runs of its seed
     for every task, Continual World's forward transfer is computed against them
-    (``orl.agents.continual.record_metrics``, the one implementation)."""
+    (``orl.agents.continual.record_metrics``, the one implementation: the metrics are computed
+    from the record's matrix and curves, never read from what it stored when it ran)."""
     if "continual" not in record:
         return record.get("metrics") or {}
     from orl.agents.continual.metrics import record_metrics
 
     curves = {ref["continual"]["envs"][0]: ref["continual"]["curves"][0]
               for ref in references if ref["seed"] == record["seed"]}
-    if not set(record["continual"]["envs"]) <= set(curves):
-        return record["metrics"]
-    return record_metrics(record["continual"], curves)
+    complete = set(record["continual"]["envs"]) <= set(curves)
+    return record_metrics(record["continual"], curves if complete else None)
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from orl.agents.continual.metrics import cw_forward_transfer, record_metrics, summarize
+from orl.agents.continual.metrics import cw_forward_transfer, record_metrics, sequence_matrix, summarize
 
 R = np.array([
     [0.8, 0.1, 0.0],
@@ -44,6 +44,24 @@ def test_metrics_of_rows_of_the_seen_tasks_and_the_next():
     first[0, :2] = R[0, :2]
     m = summarize(first, B)
     assert m.stages_done == 1 and m.performance == pytest.approx((0.8 + 0.1) / 2)
+
+
+def test_the_evaluation_after_the_sequence_is_the_last_row():
+    """continual.final_episodes: P is the final success, F measured against it."""
+    final = [0.4, 0.5, 0.9]
+    record = {"stages": ["a", "b", "c"], "envs": ["x", "y", "z"], "before": B.tolist(),
+              "matrix": R.tolist(), "final": final, "curves": []}
+    metrics = record_metrics(record)
+    assert metrics["performance"] == pytest.approx(0.6)
+    # the last task's own-stage success is the final row's too: it forgets nothing
+    assert metrics["forgetting"] == pytest.approx(((0.8 - 0.4) + (0.9 - 0.5) + 0.0) / 3)
+    assert metrics["forward_transfer"] == summarize(R, B).forward_transfer  # off-diagonal rows kept
+    assert record_metrics({**record, "final": None}) == record_metrics({**record, "final": None,
+                                                                        "matrix": R.tolist()})
+    unfinished = [*R[:2].tolist(), [None] * 3]  # no final row to replace: R as it is
+    assert np.isnan(sequence_matrix(unfinished, final)[2]).all()
+    with pytest.raises(ValueError, match="final evaluation has 2 tasks, the success matrix 3"):
+        sequence_matrix(R, final[:2])
 
 
 def test_cw_forward_transfer_of_two_hand_computed_curves():

@@ -54,3 +54,6 @@ def test_study_metrics_equal_orl_report_with_same_seed_references(tmp_path, toys
     assert orl_main(["report", str(run_dir), "--reference", *map(str, references)]) == 0
     printed = json.loads((run_dir / "report.json").read_text())
     assert printed["cw_forward_transfer"] == pytest.approx(expected["cw_forward_transfer"])
+    # P is the mean final success: the evaluation after the sequence is R's last row
+    assert printed["performance"] == pytest.approx(sum(final) / 2) == scalars["finetune"]["performance"][0]
+    assert printed["matrix"][-1] == final

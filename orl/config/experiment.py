@@ -10,6 +10,7 @@ from orl.agents.continual.config import ContinualConfig
 from orl.agents.federated.config import FederatedConfig
 from orl.agents.harmodt.agent import HarmoDTConfig
 from orl.datasets.sampler import SamplerConfig
+from orl.model.dt import ModelConfig
 from orl.train.config import TrainConfig
 
 AGENT_NAMES = ("dt", "mtdt", "prompt_dt", "mtbc", "harmodt")
@@ -30,20 +31,6 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.name not in AGENT_NAMES:
             raise ValueError(f"agent.name must be one of {', '.join(AGENT_NAMES)}, got {self.name!r}")
-
-
-@dataclass
-class ModelConfig:
-    """Transformer size (context length and prompt length come from the sampler section)."""
-
-    embed_dim: int = 64
-    n_layer: int = 2
-    n_head: int = 2
-    mlp_ratio: int = 4
-    activation: str = "gelu"
-    dropout: float = 0.1
-    max_timestep: int = 500  # > the longest episode (Meta-World: 500)
-    tanh_actions: bool = True
 
 
 @dataclass

@@ -9,36 +9,25 @@ import torch
 from torch import nn
 
 from orl.model.layers import Index, Route
-from orl.model.transformer import Transformer
+from orl.model.transformer import ACTIVATIONS, Transformer
 
 
 @dataclass
-class DTConfig:
-    """Shape of a Decision Transformer. ``return_conditioned=False`` drops the return token
-    (behaviour cloning with the same transformer)."""
+class ModelConfig:
+    """Transformer size: the ``model`` section of a run's config and the defaults of every DT
+    built (context and prompt lengths come from the sampler section)."""
 
-    obs_dim: int
-    act_dim: int
-    context_len: int = 20
-    embed_dim: int = 128
-    n_layer: int = 3
-    n_head: int = 1
+    embed_dim: int = 64
+    n_layer: int = 2
+    n_head: int = 2
     mlp_ratio: int = 4
     activation: str = "gelu"
     dropout: float = 0.1
-    max_timestep: int = 1000
-    return_conditioned: bool = True
-    num_tasks: int = 0  # > 0: a learned task-id embedding is added to every token
-    prompt_len: int = 0  # > 0: a Prompt-DT prefix of that many steps
-    num_action_heads: int = 1
+    max_timestep: int = 500  # > the longest episode (Meta-World: 500)
     tanh_actions: bool = True
-    # the action space a tanh head is scaled to, per dimension (None: [-1, 1])
-    action_low: list[float] | None = None
-    action_high: list[float] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("obs_dim", "act_dim", "context_len", "embed_dim", "n_layer", "n_head",
-                     "mlp_ratio", "max_timestep", "num_action_heads"):
+        for name in ("embed_dim", "n_layer", "n_head", "mlp_ratio", "max_timestep"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.embed_dim % self.n_head:
@@ -47,6 +36,33 @@ class DTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, "
+                             f"got {self.activation!r}")
+
+
+@dataclass(kw_only=True)
+class DTConfig(ModelConfig):
+    """Shape of a Decision Transformer: its size (:class:`ModelConfig`) and what the data fixes.
+    ``return_conditioned=False`` drops the return token (behaviour cloning with the same
+    transformer)."""
+
+    obs_dim: int
+    act_dim: int
+    context_len: int = 20
+    return_conditioned: bool = True
+    num_tasks: int = 0  # > 0: a learned task-id embedding is added to every token
+    prompt_len: int = 0  # > 0: a Prompt-DT prefix of that many steps
+    num_action_heads: int = 1
+    # the action space a tanh head is scaled to, per dimension (None: [-1, 1])
+    action_low: list[float] | None = None
+    action_high: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("obs_dim", "act_dim", "context_len", "num_action_heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.num_tasks < 0 or self.prompt_len < 0:
             raise ValueError("model.num_tasks and model.prompt_len must be >= 0")
         self._check_action_bounds()

@@ -169,6 +169,8 @@ def test_unknown_key_suggests_a_close_key_of_any_section(override, suggestion):
 @pytest.mark.parametrize("override, message", [
     ("train.steps=0", "train.steps must be > 0, got 0"),  # named once, not "train: train.steps"
     ("eval.max_steps=0", "eval.max_steps must be > 0 (null: the env's limit), got 0"),
+    ("model.n_head=3", "model.embed_dim (64) must be divisible by model.n_head (3)"),
+    ("model.activation=swish", "model.activation must be one of ['gelu', 'relu'], got 'swish'"),
 ])
 def test_section_checks_name_the_key_once(override, message):
     with pytest.raises(ConfigError) as err:
@@ -180,3 +182,11 @@ def test_datasets_replace_the_default_tasks():
     cfg = load_config(ExperimentConfig, None, ["data.datasets=[a.hdf5]"])
     assert cfg.data.tasks == [] and to_dict(cfg)["data"]["tasks"] == []
     assert load_config(ExperimentConfig, None, []).data.tasks == ["MT10"]
+
+
+def test_a_dt_built_from_the_library_has_the_runs_default_size():
+    """One source for the model's size: DTConfig's defaults are the ``model`` section's."""
+    from orl.model import DTConfig
+
+    built = to_dict(DTConfig(obs_dim=3, act_dim=2))
+    assert {k: built[k] for k in to_dict(ExperimentConfig().model)} == to_dict(ExperimentConfig().model)

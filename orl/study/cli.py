@@ -42,8 +42,8 @@ def _cmd_run_one(args: argparse.Namespace) -> int:
 
 
 def run_states(study: Study, places: Places) -> list[dict[str, Any]]:
-    """Per run: recorded / running / partial (with its last step) / finished (not yet recorded)
-    / missing."""
+    """Per run: recorded / running / partial (with its last step, and a continual run's stage) /
+    finished (not yet recorded) / missing."""
     from orl.train.checkpoint import latest_checkpoint
 
     current, _ = split_records(ResultsStore(places.results).records(), study.runs)
@@ -60,8 +60,22 @@ def run_states(study: Study, places: Places) -> list[dict[str, Any]]:
                      "finished, not recorded" if is_finished(run_dir) else "partial")
             row |= {"state": state, "step": None if latest is None else
                     json.loads((latest / "state.json").read_text()).get("step")}
+            row |= _continual_progress(run_dir)
         rows.append(row)
     return rows
+
+
+def _continual_progress(run_dir: Path) -> dict[str, Any]:
+    """A continual run's steps over its stages and the stage it is in (its top level has no
+    checkpoints); nothing for other runs."""
+    from orl.agents.continual.runner import STATE_FILE
+
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        return {}
+    progress = json.loads(path.read_text())
+    total = len(progress["stages"])
+    return {"step": progress["steps_done"], "stage": f"stage {min(progress['stage'] + 1, total)}/{total}"}
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -75,7 +89,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     table = Table("run", "state", "step", "minutes", title=f"study {study.name}: {places.runs}")
     for row in rows:
         minutes = f"{row['wall_s'] / 60:.1f}" if row.get("wall_s") else ""
-        table.add_row(row["key"], row["state"], "" if row["step"] is None else str(row["step"]), minutes)
+        step = "" if row["step"] is None else str(row["step"])
+        table.add_row(row["key"], row["state"], f"{step} ({row['stage']})" if "stage" in row else step,
+                      minutes)
     Console().print(table)
     counts: dict[str, int] = {}
     for row in rows:

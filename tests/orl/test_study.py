@@ -211,6 +211,18 @@ def test_a_killed_attempt_counts_until_its_last_write(tmp_path):
     assert _close_attempt(run_dir, 1.0) == pytest.approx(106, abs=2)
 
 
+def test_status_shows_the_stage_of_a_partial_continual_run(tmp_path, capsys):
+    path = write_study(tmp_path)
+    study = load_study(path)
+    run_dir = Places.of(study, tmp_path / "runs").run_dir(study.runs[0])
+    run_dir.mkdir(parents=True)
+    (run_dir / "continual.json").write_text(json.dumps(
+        {"stages": [{"name": "a"}, {"name": "b"}, {"name": "c"}], "stage": 1, "steps_done": 40}))
+    assert orl_main(["study", "status", str(path), *study_args(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "40 (stage 2/3)" in out and "1 partial, 3 missing" in out
+
+
 def _append_many(folder, worker, count):
     store = ResultsStore(folder)
     for i in range(count):

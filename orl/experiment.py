@@ -183,15 +183,19 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
 
 
 def make_evaluator(cfg: ExperimentConfig, tasks: list[str], unseen: Any = None):
-    """``evaluator(agent, step) -> metrics`` for the Trainer; keeps the last result.
+    """``evaluator(agent, step) -> metrics`` for the Trainer; keeps the last result. Its
+    evaluations step the same envs (an :class:`~orl.eval.evaluate.EnvPool`;
+    ``evaluator.close()`` closes them).
 
     With unseen tasks their evaluation is logged under ``eval/unseen/``.
     """
-    from orl.eval.evaluate import evaluate
+    from orl.eval.evaluate import EnvPool, evaluate
+
+    pool = EnvPool()
 
     def run(policy: Any, on: list[str]) -> Any:
         return evaluate(policy, on, episodes=cfg.eval.episodes, seed=cfg.run.seed, progress=False,
-                        **cfg.eval.rollout_options())
+                        env_pool=pool, **cfg.eval.rollout_options())
 
     def evaluator(agent: Any, step: int) -> dict[str, float]:
         result = run(agent.policy(task_agnostic=cfg.eval.task_agnostic), tasks)
@@ -205,6 +209,7 @@ def make_evaluator(cfg: ExperimentConfig, tasks: list[str], unseen: Any = None):
         return metrics
 
     evaluator.last = evaluator.last_unseen = None
+    evaluator.close = pool.close
     return evaluator
 
 
@@ -383,6 +388,8 @@ def train_single(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> dict[str
                 evaluator.last_unseen.print()
                 write_json(run_dir / "eval_final_unseen.json", evaluator.last_unseen.to_json())
     finally:
+        if evaluator is not None:
+            evaluator.close()
         if logger is not None:
             logger.finish()
     if is_main:

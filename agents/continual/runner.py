@@ -114,6 +114,7 @@ class ContinualRun:
     """One continual run in ``run_dir``: checks every stage, then trains them in order."""
 
     def __init__(self, cfg: Any, run_dir: Path, logger: Any = None) -> None:
+        from orl.eval.evaluate import EnvPool
         from orl.experiment import check_env_dims, check_max_timestep, run_action_bounds, seed_everything
 
         self.cfg, self.run_dir, self.logger = cfg, Path(run_dir), logger
@@ -138,6 +139,7 @@ class ContinualRun:
                              rtg_scale=cfg.sampler.rtg_scale, target_returns=targets,
                              action_low=low, action_high=high)
         self.agent = build_continual_agent(cfg, self.spec, mean, std)
+        self.env_pool = EnvPool()  # every evaluation of the run steps the same envs
         self.device = "cuda" if cfg.train.device == "auto" and torch.cuda.is_available() else (
             "cpu" if cfg.train.device == "auto" else cfg.train.device)
         self.state = self._load_state()
@@ -205,7 +207,7 @@ class ContinualRun:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):  # training RNG untouched
             result = evaluate(self.agent.policy(stages=group, task_names=envs), envs,
                               episodes=episodes, seed=self.cfg.run.seed, progress=False,
-                              **self.cfg.eval.rollout_options())
+                              env_pool=self.env_pool, **self.cfg.eval.rollout_options())
         for i, task in zip(group, result.tasks):
             if task.success_rate is None:
                 raise ValueError(f"stage {self.stages[i].name}: env {task.env_id} reports no "
@@ -356,6 +358,7 @@ def run_continual(cfg: Any, run_dir: Path) -> dict[str, Any]:
     try:
         summary = run.run()
     finally:
+        run.env_pool.close()
         logger.finish()
     print(f"run directory: {run_dir}")
     return summary

@@ -141,6 +141,8 @@ class FederatedRun:
             self.evaluate(self.strategy.round)  # round: the final evaluation again, same result
         if self.evaluator is not None and self.evaluator.last is not None:
             report_final(self.evaluator.last, self.run_dir, self.logger, self.strategy.round)
+        if self.evaluator is not None:
+            self.evaluator.close()
         return metrics
 
     def _after_round(self, report: RoundReport) -> dict[str, float]:

@@ -127,16 +127,46 @@ def make_env(env_id: str, max_steps: int | None, render: bool = False,
     return SingleEpisode(env, max_steps, stop_on_success)
 
 
+class EnvPool:
+    """Evaluation envs kept from one :func:`evaluate` call to the next, for a run that evaluates
+    the same tasks again and again (periodic and continual evaluations): each env is made once (a
+    Meta-World env takes 0.1-0.2 s to make, as long as dozens of its steps). Every episode resets
+    its env with the episode's seed and goal variation, so the results are those of fresh envs.
+    Used by sync vector envs without video; :meth:`close` closes the envs."""
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[str, int | None, bool], list[SingleEpisode]] = {}
+
+    def take(self, env_id: str, max_steps: int | None, stop_on_success: bool) -> SingleEpisode:
+        """A free env of ``env_id`` with these settings, made if there is none."""
+        free = self._free.get((env_id, max_steps, stop_on_success))
+        return free.pop() if free else make_env(env_id, max_steps, stop_on_success=stop_on_success)
+
+    def give_back(self, env_ids: Sequence[str], envs: Sequence[SingleEpisode]) -> None:
+        """Return envs taken for ``env_ids`` (same order), free for the next call."""
+        for name, env in zip(env_ids, envs, strict=True):
+            self._free.setdefault((name, env.max_steps, env.stop_on_success), []).append(env)
+
+    def close(self) -> None:
+        for envs in self._free.values():
+            for env in envs:
+                env.close()
+        self._free.clear()
+
+
 def make_vector_env(
     env_ids: Sequence[str], max_steps: int | None = None, vector: str = "sync", render: bool = False,
-    stop_on_success: bool = False,
+    stop_on_success: bool = False, env_pool: EnvPool | None = None,
 ) -> gym.vector.VectorEnv:
     """A vector env with one :class:`SingleEpisode` sub-env per id (``render``: made with
-    ``render_mode="rgb_array"``, to record videos).
+    ``render_mode="rgb_array"``, to record videos; ``env_pool``: sub-envs taken from the pool,
+    for a sync vector env without rendering).
 
     Ids may differ (Meta-World tasks, or any envs with equal observation shapes and equal
     action spaces); to check that, every distinct id is made once per process.
     """
+    if env_pool is not None and (vector != "sync" or render):
+        raise ValueError("an env pool serves sync vector envs without rendering")
     if vector not in VECTOR_MODES:
         raise ValueError(f"vector must be one of {VECTOR_MODES}, got {vector!r}")
     spaces = {name: _spaces(name, max_steps) for name in dict.fromkeys(env_ids)}
@@ -150,8 +180,12 @@ def make_vector_env(
                              "evaluate them in separate calls")
     batched = batch_differing_spaces([spaces[name][0] for name in env_ids])
     observation_mode = (batched, first_obs)
-    env_fns = [functools.partial(make_env, name, max_steps, render, stop_on_success)
-               for name in env_ids]
+    if env_pool is not None:
+        env_fns = [functools.partial(env_pool.take, name, max_steps, stop_on_success)
+                   for name in env_ids]
+    else:
+        env_fns = [functools.partial(make_env, name, max_steps, render, stop_on_success)
+                   for name in env_ids]
     kwargs = dict(observation_mode=observation_mode, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     if vector == "async":
         return gym.vector.AsyncVectorEnv(env_fns, **kwargs)
@@ -190,6 +224,7 @@ def evaluate(
     progress: bool = True,
     video_dir: str | Path | None = None,
     video_episodes: int = 1,
+    env_pool: EnvPool | None = None,
 ) -> EvalResult:
     """Run ``episodes`` episodes of every task with ``policy`` acting on all envs at once.
 
@@ -203,7 +238,9 @@ def evaluate(
     gets ``reset(N, tasks=...)`` with one task name per env if its ``reset`` accepts ``tasks``.
     ``video_dir``: also record the first ``video_episodes`` episodes of every task as
     ``<video_dir>/<task>-episode<i>.mp4`` (needs the ``video`` extra; MuJoCo renders offscreen
-    with ``MUJOCO_GL=egl`` or ``osmesa`` on machines without a display).
+    with ``MUJOCO_GL=egl`` or ``osmesa`` on machines without a display). ``env_pool``
+    (:class:`EnvPool`): take the envs from it and give them back after the call instead of
+    making and closing them (ignored with ``vector="async"`` or a video).
     """
     if episodes <= 0 or num_envs <= 0:
         raise ValueError(f"episodes and num_envs must be positive, got {episodes} and {num_envs}")
@@ -223,8 +260,11 @@ def evaluate(
     lengths = np.zeros((len(eval_tasks), episodes), dtype=np.int64)
     successes = np.full((len(eval_tasks), episodes), np.nan)
 
-    envs = make_vector_env([eval_tasks[t].env_id for t in env_task], max_steps, vector,
-                           render=video_dir is not None, stop_on_success=stop_on_success)
+    env_ids = [eval_tasks[t].env_id for t in env_task]
+    if vector != "sync" or video_dir is not None:
+        env_pool = None
+    envs = make_vector_env(env_ids, max_steps, vector, render=video_dir is not None,
+                           stop_on_success=stop_on_success, env_pool=env_pool)
     start = time.perf_counter()
     try:
         with tqdm(total=len(eval_tasks) * episodes, desc="eval", unit="ep",
@@ -247,6 +287,9 @@ def evaluate(
                 successes[rows, cols] = success[run]
                 bar.update(int(run.sum()))
         seconds = time.perf_counter() - start
+        if env_pool is not None:  # after a failure the envs are closed, not reused
+            env_pool.give_back(env_ids, envs.envs)
+            envs.envs = []  # the pool's now: closing the vector env leaves them open
     finally:
         envs.close()
     results = [

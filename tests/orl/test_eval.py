@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from orl.envs import MetaWorldEnv, expert_policy
-from orl.eval import EvalResult, Policy, TaskResult, evaluate, resolve_eval_tasks
+from orl.eval import EnvPool, EvalResult, Policy, TaskResult, evaluate, make_vector_env, resolve_eval_tasks
 from orl.eval.evaluate import EvalTask, make_env
 from orl.logging import RunLogger
 
@@ -330,3 +330,51 @@ def test_eval_config_options_are_evaluate_arguments():
     options = EvalConfig(stop_on_success=True, max_steps=7).rollout_options()
     assert set(options) <= set(inspect.signature(evaluate).parameters)
     assert options["stop_on_success"] is True and options["max_steps"] == 7
+
+
+class ShakyExpert(ExpertPolicy):
+    """The scripted experts with a deterministic, observation-dependent push: returns differ
+    between episodes, so reused envs that kept any state would show it."""
+
+    def act(self, obs: np.ndarray, reward: np.ndarray) -> np.ndarray:
+        return np.clip(super().act(obs, reward) + 0.6 * np.sin(7 * obs[:, :4]), -1, 1)
+
+
+def test_an_env_pool_gives_the_results_of_fresh_envs_and_makes_each_env_once(monkeypatch):
+    import sys
+
+    module = sys.modules["orl.eval.evaluate"]
+    made: list[str] = []
+
+    def counting_make_env(env_id, *args, **kwargs):
+        made.append(env_id)
+        return make_env(env_id, *args, **kwargs)
+
+    monkeypatch.setattr(module, "make_env", counting_make_env)
+    kw = dict(episodes=3, num_envs=2, max_steps=40, seed=5, progress=False)
+    pool = EnvPool()
+    for tasks in (FAST_TASKS, FAST_TASKS[1:], FAST_TASKS[::-1]):
+        pooled = evaluate(ShakyExpert(), tasks, env_pool=pool, **kw)
+        fresh = evaluate(ShakyExpert(), tasks, **kw)
+        for a, b in zip(pooled.tasks, fresh.tasks, strict=True):
+            assert a.task == b.task and a.returns.tolist() == b.returns.tolist()
+            assert a.lengths.tolist() == b.lengths.tolist()
+            assert np.array_equal(a.successes, b.successes, equal_nan=True)
+    assert len({r for t in fresh.tasks for r in t.returns}) > 1  # the episodes differ
+    assert made.count(f"orl/{FAST_TASKS[0]}") == 2 + 2 + 2  # the pool's 2, then fresh ones only
+    pool.close()
+    assert pool._free == {}
+
+
+def test_an_env_pool_closes_envs_after_a_failure_and_refuses_rendering():
+    class Broken(ExpertPolicy):
+        def act(self, obs, reward):
+            raise RuntimeError("boom")
+
+    pool = EnvPool()
+    with pytest.raises(RuntimeError, match="boom"):
+        evaluate(Broken(), FAST_TASKS[0], episodes=1, num_envs=1, max_steps=5, env_pool=pool,
+                 progress=False)
+    assert pool._free == {}  # not given back: their episodes were cut short
+    with pytest.raises(ValueError, match="an env pool serves sync vector envs without rendering"):
+        make_vector_env([f"orl/{FAST_TASKS[0]}"], 5, render=True, env_pool=pool)

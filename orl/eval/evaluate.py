@@ -132,7 +132,9 @@ class EnvPool:
     the same tasks again and again (periodic and continual evaluations): each env is made once (a
     Meta-World env takes 0.1-0.2 s to make, as long as dozens of its steps). Every episode resets
     its env with the episode's seed and goal variation, so the results are those of fresh envs.
-    Used by sync vector envs without video; :meth:`close` closes the envs."""
+    It holds, per env id, as many envs as the largest call used (the memory that call needed
+    anyway: about 25 MiB per Meta-World env). Used by sync vector envs without video;
+    :meth:`close` closes the envs."""
 
     def __init__(self) -> None:
         self._free: dict[tuple[str, int | None, bool], list[SingleEpisode]] = {}

@@ -5,7 +5,8 @@
   prefix of the sorted list makes it deterministic and nested (MT30 is a subset of MT50).
 - ``MT50``: all 50 tasks, sorted.
 - ``OCW10``: the Continual World CW10 sequence; ``OCW20`` is OCW10 played twice.
-- ``OCW10-shuffle{1,2,3}``: fixed permutations of OCW10 for order-robustness studies.
+- ``OCW10-shuffle{1,2,3}``: the shuffled OCW10 orders of the released CompoFormer code
+  (order-robustness studies).
 
 Lookup is case-insensitive; ``resolve_tasks`` also accepts single tasks and comma-separated mixes.
 """
@@ -30,23 +31,21 @@ OCW10: tuple[str, ...] = (
 )
 OCW20: tuple[str, ...] = OCW10 + OCW10
 
-# Made once with ``list(np.random.default_rng(k).permutation(OCW10))`` for k = 1, 2, 3
-# (numpy 2.x), then written out so the orders never depend on the numpy version.
+# The shuffled CW10 orders of the released CompoFormer code (``cw10_task_list_seed1..3`` in its
+# config/MetaWorld/task.json), with the -v3 envs.
 OCW10_SHUFFLES: tuple[tuple[str, ...], ...] = (
     (
-        "window-close-v3", "stick-pull-v3", "shelf-place-v3", "hammer-v3", "push-wall-v3",
-        "faucet-close-v3", "handle-press-side-v3", "peg-unplug-side-v3", "push-v3",
-        "push-back-v3",
+        "push-v3", "window-close-v3", "peg-unplug-side-v3", "shelf-place-v3",
+        "handle-press-side-v3", "push-back-v3", "hammer-v3", "stick-pull-v3", "push-wall-v3",
+        "faucet-close-v3",
     ),
     (
-        "faucet-close-v3", "hammer-v3", "shelf-place-v3", "push-v3", "peg-unplug-side-v3",
-        "handle-press-side-v3", "push-back-v3", "stick-pull-v3", "window-close-v3",
-        "push-wall-v3",
+        "handle-press-side-v3", "peg-unplug-side-v3", "push-back-v3", "stick-pull-v3", "push-v3",
+        "shelf-place-v3", "faucet-close-v3", "window-close-v3", "push-wall-v3", "hammer-v3",
     ),
     (
-        "peg-unplug-side-v3", "push-v3", "hammer-v3", "faucet-close-v3", "push-wall-v3",
-        "stick-pull-v3", "shelf-place-v3", "handle-press-side-v3", "push-back-v3",
-        "window-close-v3",
+        "push-wall-v3", "handle-press-side-v3", "push-v3", "hammer-v3", "peg-unplug-side-v3",
+        "stick-pull-v3", "shelf-place-v3", "faucet-close-v3", "window-close-v3", "push-back-v3",
     ),
 )
 

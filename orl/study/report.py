@@ -71,6 +71,8 @@ def curve_of(record: dict[str, Any], tasks: list[str]) -> tuple[list[int], list[
 def collect(study: Study, records: list[dict[str, Any]]) -> Scores:
     """Arrange the current records of ``study`` by condition (the score the study's
     ``eval.score`` names); the runs of one condition must share their tasks."""
+    from orl.agents.continual.metrics import sequence_matrix
+
     runs = {r.key: r for r in study.runs}
     score = study.file.eval.score
     references = [rec for rec in records if runs[rec["key"]].variant == study.file.references]
@@ -100,8 +102,6 @@ def collect(study: Study, records: list[dict[str, Any]]) -> Scores:
         if "continual" in rec:
             stages = rec["continual"]["stages"]
             names, runs_of = out.matrices.get(run.label, (stages, np.empty((0, len(stages), len(stages)))))
-            from orl.agents.continual.metrics import sequence_matrix
-
             matrix = sequence_matrix(rec["continual"]["matrix"], rec["continual"].get("final"))[None]
             out.matrices[run.label] = (names, np.concatenate([runs_of, matrix]))
         for name, value in run_metrics(rec, references).items():

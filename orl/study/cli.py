@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from orl.study.runner import Places, is_finished, is_running, run_local, run_one, run_ray
-from orl.study.spec import Study, expected_minutes, load_study
+from orl.study.spec import RunSpec, Study, expected_minutes, load_study
 from orl.study.store import ResultsStore, split_records
 
 
@@ -75,7 +75,8 @@ def _continual_progress(run_dir: Path) -> dict[str, Any]:
         return {}
     progress = json.loads(path.read_text())
     total = len(progress["stages"])
-    return {"step": progress["steps_done"], "stage": f"stage {min(progress['stage'] + 1, total)}/{total}"}
+    return {"step": progress["steps_done"], "stages": total,
+            "stage": f"stage {min(progress['stage'] + 1, total)}/{total}"}
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -114,15 +115,28 @@ def _per_condition(study: Study, rows: list[dict[str, Any]]) -> str:
     return ", ".join(f"{label} {done}/{total}" for label, (done, total) in counts.items())
 
 
+def share_done(run: RunSpec, row: dict[str, Any]) -> float:
+    """The share of a run's training steps already done: its last checkpoint's step (a continual
+    run: the steps of its finished stages) over its planned steps (``train.steps`` per stage)."""
+    if row["state"] == "recorded":
+        return 1.0
+    if not row.get("step"):
+        return 0.0
+    planned = run.config["train"]["steps"] * row.get("stages", 1)
+    return min(row["step"] / planned, 1.0)
+
+
 def _estimate(study: Study, rows: list[dict[str, Any]]) -> str:
-    """Core-hours left, from the recorded runs' times per variant (else the study's budget)."""
+    """Core-hours left, from the recorded runs' times per variant (else the study's budget),
+    less the share a partial run has done."""
     minutes = expected_minutes(study, {r["key"]: r for r in rows if r["state"] == "recorded"})
-    left = [r["key"] for r in rows if r["state"] != "recorded"]
-    if any(minutes[key] is None for key in left):
+    left = [(run, row) for run, row in zip(study.runs, rows) if row["state"] != "recorded"]
+    if any(minutes[run.key] is None for run, _ in left):
         return f"{len(left)} run(s) left; no run time measured yet (set budget.minutes_per_run)"
-    hours = sum(minutes[key] for key in left) * study.file.budget.threads_per_run / 60
+    hours = sum(minutes[run.key] * (1 - share_done(run, row)) for run, row in left)
+    hours *= study.file.budget.threads_per_run / 60
     return (f"{len(left)} run(s) left = {hours:.1f} core-hours (each variant's measured minutes "
-            "per run, else the study's budget)")
+            "per run, else the study's budget; partial runs by their steps done)")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

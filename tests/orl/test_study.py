@@ -223,6 +223,26 @@ def test_status_shows_the_stage_of_a_partial_continual_run(tmp_path, capsys):
     assert "40 (stage 2/3)" in out and "1 partial, 3 missing" in out
 
 
+def test_the_estimate_counts_what_a_partial_run_has_left(tmp_path, capsys):
+    from orl.study.cli import share_done
+
+    path = write_study(tmp_path, overrides={"train.steps": 20}, budget={"minutes_per_run": 60})
+    study = load_study(path)
+    assert orl_main(["study", "status", str(path), *study_args(tmp_path)]) == 0
+    assert "4 run(s) left = 4.0 core-hours" in capsys.readouterr().out
+    run_dir = Places.of(study, tmp_path / "runs").run_dir(study.runs[0])
+    run_dir.mkdir(parents=True)  # 40 of its 3 x 20 steps done: a third of an hour left
+    (run_dir / "continual.json").write_text(json.dumps(
+        {"stages": [{"name": "a"}, {"name": "b"}, {"name": "c"}], "stage": 2, "steps_done": 40}))
+    assert orl_main(["study", "status", str(path), *study_args(tmp_path)]) == 0
+    assert "4 run(s) left = 3.3 core-hours" in capsys.readouterr().out
+    single = study.runs[1]
+    assert share_done(single, {"state": "partial", "step": 5}) == 0.25
+    assert share_done(single, {"state": "partial", "step": None}) == 0.0
+    assert share_done(single, {"state": "running", "step": 25}) == 1.0
+    assert share_done(single, {"state": "recorded", "step": 20}) == 1.0
+
+
 def _append_many(folder, worker, count):
     store = ResultsStore(folder)
     for i in range(count):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from orl.study.runner import Places, is_finished, is_running, run_local, run_one, run_ray
-from orl.study.spec import RunSpec, Study, expected_minutes, load_study
+from orl.study.places import Places
+from orl.study.progress import minutes_left, run_states, share_done
+from orl.study.runner import run_local, run_one, run_ray
+from orl.study.spec import Study, load_study
 from orl.study.store import ResultsStore, split_records
 
 
@@ -39,44 +40,6 @@ def _cmd_run_one(args: argparse.Namespace) -> int:
     written = ResultsStore(places.results).append(record)
     print(f"{args.key}: {'recorded' if written else 'already recorded'} in {places.results}")
     return 0
-
-
-def run_states(study: Study, places: Places) -> list[dict[str, Any]]:
-    """Per run: recorded / running / partial (with its last step, and a continual run's stage) /
-    finished (not yet recorded) / missing."""
-    from orl.train.checkpoint import latest_checkpoint
-
-    current, _ = split_records(ResultsStore(places.results).records(), study.runs)
-    rows = []
-    for run in study.runs:
-        run_dir = places.run_dir(run)
-        row = {"key": run.key, "state": "missing", "step": None}
-        if run.key in current:
-            row |= {"state": "recorded", "step": current[run.key].get("steps"),
-                    "wall_s": current[run.key].get("wall_s")}
-        elif is_running(run_dir) or run_dir.is_dir():
-            latest = latest_checkpoint(run_dir) if (run_dir / "checkpoints").is_dir() else None
-            state = ("running" if is_running(run_dir) else
-                     "finished, not recorded" if is_finished(run_dir) else "partial")
-            row |= {"state": state, "step": None if latest is None else
-                    json.loads((latest / "state.json").read_text()).get("step")}
-            row |= _continual_progress(run_dir)
-        rows.append(row)
-    return rows
-
-
-def _continual_progress(run_dir: Path) -> dict[str, Any]:
-    """A continual run's steps over its stages and the stage it is in (its top level has no
-    checkpoints); nothing for other runs."""
-    from orl.agents.continual.runner import STATE_FILE
-
-    path = run_dir / STATE_FILE
-    if not path.is_file():
-        return {}
-    progress = json.loads(path.read_text())
-    total = len(progress["stages"])
-    return {"step": progress["steps_done"], "stages": total,
-            "stage": f"stage {min(progress['stage'] + 1, total)}/{total}"}
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -115,26 +78,15 @@ def _per_condition(study: Study, rows: list[dict[str, Any]]) -> str:
     return ", ".join(f"{label} {done}/{total}" for label, (done, total) in counts.items())
 
 
-def share_done(run: RunSpec, row: dict[str, Any]) -> float:
-    """The share of a run's training steps already done: its last checkpoint's step (a continual
-    run: the steps of its finished stages) over its planned steps (``train.steps`` per stage)."""
-    if row["state"] == "recorded":
-        return 1.0
-    if not row.get("step"):
-        return 0.0
-    planned = run.config["train"]["steps"] * row.get("stages", 1)
-    return min(row["step"] / planned, 1.0)
-
-
 def _estimate(study: Study, rows: list[dict[str, Any]]) -> str:
-    """Core-hours left, from the recorded runs' times per variant (else the study's budget),
-    less the share a partial run has done."""
-    minutes = expected_minutes(study, {r["key"]: r for r in rows if r["state"] == "recorded"})
+    """Core-hours left (``minutes_left`` of every run not recorded)."""
+    records = {row["key"]: row for row in rows if row["state"] == "recorded"}
     left = [(run, row) for run, row in zip(study.runs, rows) if row["state"] != "recorded"]
-    if any(minutes[run.key] is None for run, _ in left):
+    minutes = minutes_left(study, records, {run.key for run, _ in left},
+                           {run.key: share_done(run, row) for run, row in left})
+    if minutes is None:
         return f"{len(left)} run(s) left; no run time measured yet (set budget.minutes_per_run)"
-    hours = sum(minutes[run.key] * (1 - share_done(run, row)) for run, row in left)
-    hours *= study.file.budget.threads_per_run / 60
+    hours = minutes * study.file.budget.threads_per_run / 60
     return (f"{len(left)} run(s) left = {hours:.1f} core-hours (each variant's measured minutes "
             "per run, else the study's budget; partial runs by their steps done)")
 

@@ -2,14 +2,12 @@
 
 A run is a ``train-agent`` run (the same ``orl.experiment.train``, run dirs and Trainer) in
 ``<runs dir>/<study>/<key>-<config hash>``: started when its dir is new, resumed when it is not,
-then evaluated further (the study's ``evals``) and recorded. A lock file beside the run dir
-(``.<dir>.lock``), held while a process works on the run, marks it running (the OS drops the
-lock when the process dies, kill -9 included). A run whose record is in the store is skipped.
+then evaluated further (the study's ``evals``) and recorded, holding the run's lock
+(``orl.study.places``) all along. A run whose record is in the store is skipped.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
@@ -17,43 +15,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from orl.config.experiment import EvalConfig
 from orl.experiment import write_json
+from orl.study.places import Places, is_finished, run_lock
+from orl.study.progress import Progress
 from orl.study.record import EXTRA_PREFIX, build_record, provenance
-from orl.study.spec import RunSpec, Study, StudyError, expected_minutes
+from orl.study.spec import RunSpec, Study, StudyError
 from orl.study.store import ResultsStore, split_records
 
 FORWARDED_ENV = ("MINARI_DATASETS_PATH", "WANDB_MODE", "MPLBACKEND")  # driver -> Ray tasks
-
-
-@dataclass
-class Places:
-    """Where a study's run dirs and records live."""
-
-    runs: Path  # run dirs: runs/<key>-<hash>
-    results: Path  # the results store of this study: results/<study>/
-
-    @classmethod
-    def of(cls, study: Study, runs_dir: str | Path | None = None,
-           results_dir: str | Path | None = None) -> Places:
-        """Defaults: ``runs/<study>`` under the working directory, ``results/<study>`` beside the
-        study file's folder (``studies/x.yaml`` -> ``results/x``)."""
-        runs = Path(runs_dir) if runs_dir else Path("runs")
-        results = Path(results_dir) if results_dir else study.path.resolve().parent.parent / "results"
-        return cls(runs=runs.resolve() / study.name, results=results.resolve() / study.name)
-
-    def run_dir(self, run: RunSpec) -> Path:
-        return self.runs / run.dir_name()
-
-
-def _lock_file(run_dir: Path) -> Path:
-    return run_dir.with_name(f".{run_dir.name}.lock")
 
 
 def _provenance_file(run_dir: Path) -> Path:
@@ -63,39 +37,6 @@ def _provenance_file(run_dir: Path) -> Path:
 def _time_file(run_dir: Path) -> Path:
     """Seconds spent at the run, and when the attempt under way began."""
     return run_dir.with_name(f".{run_dir.name}.time.json")
-
-
-@contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold the run's lock, waiting for a process that works on the run to end."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(_lock_file(run_dir), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def is_running(run_dir: Path) -> bool:
-    """True while some process holds the run's lock."""
-    if not _lock_file(run_dir).is_file():
-        return False
-    fd = os.open(_lock_file(run_dir), os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def is_finished(run_dir: Path) -> bool:
-    """Whether a run dir holds a finished run (``done.json``, written last by every kind of run)."""
-    from orl.experiment import DONE_FILE
-
-    return (run_dir / DONE_FILE).is_file()
 
 
 def _train(run: RunSpec, run_dir: Path) -> None:
@@ -250,33 +191,6 @@ def pending(study: Study, places: Places, only: list[str] | None = None) -> list
     order = {seed: i for i, seed in enumerate(study.file.seeds)}
     todo = [run for run in study.select(only) if run.key not in current]
     return sorted(todo, key=lambda run: order[run.seed])  # stable: study order within a seed
-
-
-class Progress:
-    """Runs done/total and an ETA from the measured times of each variant's finished runs
-    (else the study's budget)."""
-
-    def __init__(self, study: Study, places: Places, todo: list[RunSpec], workers: int):
-        from tqdm import tqdm
-
-        self.study = study
-        self.records, _ = split_records(ResultsStore(places.results).records(), study.runs)
-        self.workers = workers
-        self.bar = tqdm(total=len(todo), desc=f"study {study.name}", unit="run", dynamic_ncols=True)
-        self.left = {run.key for run in todo}
-
-    def done(self, record: dict[str, Any] | None, key: str) -> None:
-        if record is not None:
-            self.records[key] = record
-        self.left.discard(key)
-        self.bar.update(1)
-        minutes = expected_minutes(self.study, self.records)
-        if all(minutes[k] is not None for k in self.left):
-            eta = sum(minutes[k] for k in self.left) / self.workers
-            self.bar.set_postfix_str(f"last {key}, ETA {eta:.0f} min")
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def run_local(study: Study, places: Places, only: list[str] | None = None,

@@ -15,8 +15,10 @@ import yaml
 
 from orl.cli import main as orl_main
 from orl.study import ResultsStore, StudyError, load_study
+from orl.study.places import Places
+from orl.study.progress import Progress
 from orl.study.report import BEGIN, END, report
-from orl.study.runner import Places, check_ray_address, pending
+from orl.study.runner import check_ray_address, pending
 from orl.study.spec import RunSpec, expected_minutes
 from orl.study.store import split_records
 
@@ -224,7 +226,7 @@ def test_status_shows_the_stage_of_a_partial_continual_run(tmp_path, capsys):
 
 
 def test_the_estimate_counts_what_a_partial_run_has_left(tmp_path, capsys):
-    from orl.study.cli import share_done
+    from orl.study.progress import share_done
 
     path = write_study(tmp_path, overrides={"train.steps": 20}, budget={"minutes_per_run": 60})
     study = load_study(path)
@@ -236,6 +238,9 @@ def test_the_estimate_counts_what_a_partial_run_has_left(tmp_path, capsys):
         {"stages": [{"name": "a"}, {"name": "b"}, {"name": "c"}], "stage": 2, "steps_done": 40}))
     assert orl_main(["study", "status", str(path), *study_args(tmp_path)]) == 0
     assert "4 run(s) left = 3.3 core-hours" in capsys.readouterr().out
+    progress = Progress(study, Places.of(study, tmp_path / "runs"), study.runs, workers=2)
+    assert progress.eta_minutes() == pytest.approx(200 / 2)  # the bar's ETA: the same 200 min
+    progress.close()
     single = study.runs[1]
     assert share_done(single, {"state": "partial", "step": 5}) == 0.25
     assert share_done(single, {"state": "partial", "step": None}) == 0.0

@@ -10,7 +10,7 @@ from orl.agents.continual.report import continual_metrics, load_results, referen
 from orl.cli import main as orl_main
 from orl.study import ResultsStore, load_study
 from orl.study.report import report
-from orl.study.runner import Places
+from orl.study.places import Places
 
 
 def test_study_metrics_equal_orl_report_with_same_seed_references(tmp_path, toys):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from orl.study.places import Places
-from orl.study.progress import minutes_left, run_states, share_done
+from orl.study.progress import inherited_minutes, minutes_left, run_states, share_done
 from orl.study.runner import run_local, run_one, run_ray
 from orl.study.spec import Study, load_study
 from orl.study.store import ResultsStore, split_records
@@ -63,7 +63,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(", ".join(f"{n} {state}" for state, n in counts.items())
           + (f"; {len(stale)} stale record(s) left out" if stale else ""))
     print("recorded runs per condition: " + _per_condition(study, rows))
-    print(_estimate(study, rows))
+    print(_estimate(study, places, rows))
     return 0
 
 
@@ -78,11 +78,11 @@ def _per_condition(study: Study, rows: list[dict[str, Any]]) -> str:
     return ", ".join(f"{label} {done}/{total}" for label, (done, total) in counts.items())
 
 
-def _estimate(study: Study, rows: list[dict[str, Any]]) -> str:
+def _estimate(study: Study, places: Places, rows: list[dict[str, Any]]) -> str:
     """Core-hours left (``minutes_left`` of every run not recorded)."""
     records = {row["key"]: row for row in rows if row["state"] == "recorded"}
     left = [(run, row) for run, row in zip(study.runs, rows) if row["state"] != "recorded"]
-    minutes = minutes_left(study, records, {run.key for run, _ in left},
+    minutes = minutes_left(study, records, inherited_minutes(study, places), {run.key for run, _ in left},
                            {run.key: share_done(run, row) for run, row in left})
     if minutes is None:
         return f"{len(left)} run(s) left; no run time measured yet (set budget.minutes_per_run)"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from orl.study.places import Places, is_finished, is_running
-from orl.study.spec import RunSpec, Study, expected_minutes
+from orl.study.spec import RunSpec, Study, expected_minutes, load_study
 from orl.study.store import ResultsStore, split_records
 
 
@@ -62,12 +62,29 @@ def share_done(run: RunSpec, row: dict[str, Any]) -> float:
     return min(row["step"] / planned, 1.0)
 
 
-def minutes_left(study: Study, records: dict[str, dict[str, Any]], keys: set[str],
-                 shares: dict[str, float]) -> float | None:
+def inherited_minutes(study: Study, places: Places) -> dict[str, list[float]]:
+    """Variant -> measured minutes of each recorded run of the study ``study`` extends (its store
+    beside this study's); empty for a study that extends none."""
+    if study.parent is None:
+        return {}
+    parent = load_study(study.parent)
+    current, _ = split_records(ResultsStore(places.results.parent / parent.name).records(), parent.runs)
+    out: dict[str, list[float]] = {}
+    for run in parent.runs:
+        wall = current.get(run.key, {}).get("wall_s")
+        if wall:
+            out.setdefault(run.variant, []).append(wall / 60)
+    return out
+
+
+def minutes_left(study: Study, records: dict[str, dict[str, Any]], inherited: dict[str, list[float]],
+                 keys: set[str], shares: dict[str, float]) -> float | None:
     """Run minutes (one run's wall time each, not core-minutes) the runs ``keys`` have left: each
-    variant's measured minutes per run (``records``), else the study's budget, less the share of
-    its steps a run has done (``shares``); None when some run has no time to go by."""
-    minutes = expected_minutes(study, records)
+    variant's measured minutes per run (``records``, else ``inherited``: the study it extends'
+    ``inherited_minutes``), else the
+    study's budget, less the share of its steps a run has done (``shares``); None when some run
+    has no time to go by."""
+    minutes = expected_minutes(study, records, inherited)
     if any(minutes[key] is None for key in keys):
         return None
     return sum(minutes[key] * (1 - shares.get(key, 0.0)) for key in keys)
@@ -84,13 +101,14 @@ class Progress:
         self.records, _ = split_records(ResultsStore(places.results).records(), study.runs)
         rows = {row["key"]: row for row in run_states(study, places)}
         self.shares = {run.key: share_done(run, rows[run.key]) for run in todo}
+        self.inherited = inherited_minutes(study, places)
         self.workers = workers
         self.bar = tqdm(total=len(todo), desc=f"study {study.name}", unit="run", dynamic_ncols=True)
         self.left = {run.key for run in todo}
 
     def eta_minutes(self) -> float | None:
         """Wall minutes until every run left is done, None while some run has no time to go by."""
-        minutes = minutes_left(self.study, self.records, self.left, self.shares)
+        minutes = minutes_left(self.study, self.records, self.inherited, self.left, self.shares)
         return None if minutes is None else minutes / self.workers
 
     def done(self, record: dict[str, Any] | None, key: str) -> None:

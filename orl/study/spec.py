@@ -120,7 +120,7 @@ def read_study_mapping(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any
         raise StudyError(f"study {path.stem}: {err}") from err
     if isinstance(data.get("base"), str):
         data["base"] = str((path.parent / data["base"]).resolve())
-    parent_name = data.pop("extends", None)
+    parent_name = data.get("extends")
     if parent_name is None:
         return data
     parent = read_study_mapping(path.parent / str(parent_name), (*seen, path))
@@ -160,6 +160,7 @@ class StudyFile:
     description: str = ""
     paper: Paper = field(default_factory=Paper)
     page: str = ""  # the results page --write-docs fills (docs/results/<page>.md); default: the study's name
+    extends: str = ""  # the study file this one starts from, relative to it
 
 
 @dataclass(frozen=True)
@@ -184,16 +185,21 @@ class RunSpec:
         return f"{self.key}-{self.config_hash[:8]}"
 
 
-def expected_minutes(study: Study, records: dict[str, dict]) -> dict[str, float | None]:
+def expected_minutes(study: Study, records: dict[str, dict],
+                     inherited: dict[str, list[float]] | None = None) -> dict[str, float | None]:
     """Expected minutes of every run of ``study`` (by key): the mean measured time of its
-    variant's recorded runs (``records``: key -> record), else the budget's minutes for its
-    variant, else ``budget.minutes_per_run``, else the mean of every recorded run (None when
-    nothing is known)."""
+    variant's recorded runs (``records``: key -> record), else of the same variant's runs in the
+    study it extends (``inherited``: variant -> minutes of each run), else the budget's minutes
+    for its variant, else ``budget.minutes_per_run``, else the mean of every recorded run (None
+    when nothing is known)."""
     measured: dict[str, list[float]] = {}
     for run in study.runs:
         wall = records.get(run.key, {}).get("wall_s")
         if wall:
             measured.setdefault(run.variant, []).append(wall / 60)
+    for variant, times in (inherited or {}).items():
+        if times:
+            measured.setdefault(variant, times)
     everything = [m for times in measured.values() for m in times]
     budget = study.file.budget
     fallback = budget.minutes_per_run
@@ -213,6 +219,11 @@ class Study:
     file: StudyFile
     runs: list[RunSpec]
     extra_evals: dict[str, ExtraEval]
+
+    @property
+    def parent(self) -> Path | None:
+        """The study file this study extends, if any."""
+        return (self.path.parent / self.file.extends).resolve() if self.file.extends else None
 
     @property
     def labels(self) -> list[str]:

@@ -16,7 +16,7 @@ import yaml
 from orl.cli import main as orl_main
 from orl.study import ResultsStore, StudyError, load_study
 from orl.study.places import Places
-from orl.study.progress import Progress
+from orl.study.progress import Progress, inherited_minutes
 from orl.study.report import BEGIN, END, report
 from orl.study.runner import check_ray_address, pending
 from orl.study.spec import RunSpec, expected_minutes
@@ -120,6 +120,23 @@ def test_an_extending_study_takes_the_protocol_and_picks_variants(tmp_path):
                        variants={"wide": {"model.embed_dim": 16}},
                        eval={"episodes": 3, "num_envs": 2, "score": "return"}, pairs=[])
     assert [r.config_hash for r in load_study(full).runs] == [r.config_hash for r in study.runs]
+
+
+def test_an_extending_study_is_estimated_from_its_parents_records(tmp_path, capsys):
+    parent = load_study(write_study(tmp_path, budget={"minutes_per_run": 60}))
+    child_path = write_child(tmp_path, extends="tiny.yaml", overrides={"train.lr": 5e-4},
+                             variants=["wide", "narrow"])
+    child = load_study(child_path)
+    assert child.parent == parent.path.resolve()
+    assert orl_main(["study", "status", str(child_path), *study_args(tmp_path)]) == 0
+    assert "4 run(s) left = 4.0 core-hours" in capsys.readouterr().out  # the budget: 4 x 60 min
+    store = ResultsStore(Places.of(parent, tmp_path / "runs").results)
+    for run, seconds in zip(parent.runs, [600, 1200]):  # narrow-s0: 10 min, narrow-s1: 20 min
+        store.append({"key": run.key, "config_hash": run.config_hash, "wall_s": seconds})
+    assert inherited_minutes(child, Places.of(child, tmp_path / "runs")) == {"narrow": [10.0, 20.0]}
+    assert orl_main(["study", "status", str(child_path), *study_args(tmp_path)]) == 0
+    assert "4 run(s) left = 2.5 core-hours" in capsys.readouterr().out  # 2 x 15 + 2 x 60 min
+    assert inherited_minutes(parent, Places.of(parent, tmp_path / "runs")) == {}
 
 
 @pytest.mark.parametrize("options, message", [

@@ -16,6 +16,9 @@ Compose or grow, for each task after the first:
    attention-weighted features of the earlier grown tasks and the task's MLP head maps the
    pair to the action.
 
+The frozen earlier modules run without gradients; with dropout (Grow) or in eval mode (Prune)
+as in the released code, unless ``frozen_dropout`` says otherwise.
+
 The first task always grows (the backbone itself for Grow). All tasks' modules and heads are
 allocated up front so checkpoints keep one shape; isolation makes earlier tasks' outputs
 bit-identical while later tasks train.
@@ -23,6 +26,8 @@ bit-identical while later tasks train.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -60,6 +65,18 @@ def stage_descriptions(stages: list[Stage]) -> list[str]:
     return out
 
 
+@contextmanager
+def no_dropout(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode (no dropout) inside the block; every submodule's mode restored."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 class CompoFormer(Method):
     """CompoFormer Grow (``compoformer_grow``) or Prune (``compoformer_prune``)."""
 
@@ -73,6 +90,8 @@ class CompoFormer(Method):
         self.episodes = cfg.compose_episodes
         self.temperature = cfg.attention_temperature
         self.attention_dim, self.head_hidden = cfg.attention_dim, cfg.head_hidden
+        self.frozen_dropout = (self.variant == "grow" if cfg.frozen_dropout is None
+                               else cfg.frozen_dropout)
         self.phase = "train"  # or "warmup"
         embeddings = torch.as_tensor(embed_descriptions(stage_descriptions(stages)))
         self.register_buffer("embeddings", embeddings)
@@ -131,7 +150,7 @@ class CompoFormer(Method):
         if frozen:
             index = torch.cat([rows[i] for i in frozen])
             route = torch.cat([torch.full_like(rows[i], i) for i in frozen])
-            with torch.no_grad():
+            with torch.no_grad(), nullcontext() if self.frozen_dropout else no_dropout(agent.model):
                 features = agent.model.encode(*(None if x is None else x[index] for x in inputs),
                                               route=self.route(route), last_only=last_only)
             out |= dict(zip(frozen, features.split([len(rows[i]) for i in frozen])))

@@ -63,6 +63,9 @@ class ContinualConfig:
     attention_dim: int = 256  # compoformer: query/key size
     attention_temperature: float = 16.0  # softmax(q . k / temperature)
     head_hidden: int = 256  # compoformer: hidden units of each task's MLP head
+    # compoformer: dropout in the frozen earlier modules while a task trains; None: as the
+    # released code, on for Grow and off (eval mode) for Prune
+    frozen_dropout: bool | None = None
 
     def __post_init__(self) -> None:
         rules = [

@@ -18,16 +18,20 @@ from orl.model.dt import DTConfig
 SEQUENCE = ["push-wall-v3", "hammer-v3", "faucet-close-v3", "window-close-v3", "push-v3"]
 
 
-def compoformer(tasks, variant="grow"):
+def compoformer_agent(tasks, variant="grow", **options):
+    """A CompoFormer agent over ``tasks`` (a 16-d DT with dropout 0.1); ``options``: continual."""
     stages = [Stage(i, t, f"metaworld/{t}/expert-v0", t) for i, t in enumerate(tasks)]
-    method = build_method(ContinualConfig(method=f"compoformer_{variant}"), stages)
+    method = build_method(ContinualConfig(method=f"compoformer_{variant}", **options), stages)
     spec = DataSpec(obs_dim=39, act_dim=4, task_names=tasks, rtg_scale=1.0,
                     target_returns=[1.0] * len(tasks))
     cfg = DTConfig(obs_dim=39, act_dim=4, embed_dim=16, n_layer=1, n_head=1,
                    num_action_heads=len(tasks))
     torch.manual_seed(0)
-    ContinualAgent(cfg, spec, np.zeros((len(tasks), 39)), np.ones((len(tasks), 39)), method)
-    return method
+    return ContinualAgent(cfg, spec, np.zeros((len(tasks), 39)), np.ones((len(tasks), 39)), method)
+
+
+def compoformer(tasks, variant="grow"):
+    return compoformer_agent(tasks, variant).method
 
 
 def test_cached_embeddings_cover_every_builtin_description():
@@ -119,3 +123,23 @@ def test_grown_policies_on_one_batch_act_as_each_alone(toys, tmp_path, variant):
         together = agent.method.grown_actions(agent, inputs, [0, 1, 3])
         for k, task in enumerate([0, 1, 3]):
             torch.testing.assert_close(together[k], agent.actions(inputs, task), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant, options, frozen_dropout", [
+    ("grow", {}, True), ("prune", {}, False),  # the released code's
+    ("grow", {"frozen_dropout": False}, False), ("prune", {"frozen_dropout": True}, True),
+])
+def test_frozen_modules_run_with_dropout_as_the_released_code(variant, options, frozen_dropout):
+    agent = compoformer_agent(SEQUENCE[:3], variant, **options)
+    agent.method.source[:] = torch.arange(3)  # every task grows
+    agent.start_stage(2)
+    agent.train()
+    size, k = 6, 5
+    inputs = (torch.randn(size, k, 39), torch.randn(size, k, 4), torch.randn(size, k),
+              torch.arange(k).repeat(size, 1), torch.ones(size, k, dtype=torch.bool))
+    rows = dict.fromkeys(range(3), torch.arange(size))
+    first, second = (agent.method.module_features(agent, inputs, rows) for _ in range(2))
+    for frozen in (0, 1):  # two training-mode passes differ only through dropout
+        assert torch.equal(first[frozen], second[frozen]) != frozen_dropout
+    assert not torch.equal(first[2], second[2])  # the module in training keeps its dropout
+    assert all(module.training for module in agent.modules())

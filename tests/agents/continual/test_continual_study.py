@@ -9,8 +9,8 @@ import yaml
 from orl.agents.continual.report import continual_metrics, load_results, reference_curves
 from orl.cli import main as orl_main
 from orl.study import ResultsStore, load_study
-from orl.study.report import report
 from orl.study.places import Places
+from orl.study.report import report
 
 
 def test_study_metrics_equal_orl_report_with_same_seed_references(tmp_path, toys):

@@ -9,6 +9,17 @@ import sys
 from pathlib import Path
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, except where its help already says it or it has
+    none worth printing (None, an off flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from orl.datasets.generation import GenerationConfig, generate
 
@@ -76,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = data_commands.add_parser(
         "generate", help="roll out Meta-World scripted experts into Minari datasets",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     gen.add_argument("tasks", nargs="+", help="tasks and/or benchmarks, e.g. reach-v3 or MT10")
     gen.add_argument("--level", nargs="+", default=["expert"],
@@ -105,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser(
         "eval", help="evaluate a checkpoint (run dir or checkpoint dir) on its tasks",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ev.add_argument("checkpoint", type=Path)
     ev.add_argument("--tasks", nargs="+", default=None, help="default: the tasks it was trained on")

@@ -8,13 +8,14 @@ from typing import Any
 
 from orl.agents.liar.checkpoint import CalibrationConfig, prune_checkpoint
 from orl.agents.liar.prune import CRITERIA, RECONSTRUCTIONS, SCOPES, PruneConfig, PruneReport
+from orl.cli import HelpFormatter
 
 
 def add_prune_command(commands: Any) -> None:
     """Register ``orl prune`` on the ``orl`` subcommand parsers."""
     p = commands.add_parser(
         "prune", help="remove attention heads and FFN neurons of a checkpoint (LIAR)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", type=Path, help="checkpoint directory or run directory")
     p.add_argument("-o", "--out", type=Path, required=True,

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orl.cli import HelpFormatter
+
 METHOD_NAMES = ("disf", "datamask", "ntk", "random", "top-return")
 
 
@@ -31,7 +33,7 @@ def add_select_command(data_commands: Any) -> None:
     """Register ``select`` under ``orl data``."""
     sel = data_commands.add_parser(
         "select", help="select episodes (DiSF, DATAMASK, NTK, random, top-return) into a new dataset",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sel.add_argument("sources", nargs="+", help="dataset ids (or D4RL files) forming the pool")
     sel.add_argument("--method", choices=METHOD_NAMES, default="disf")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from orl.cli import HelpFormatter
 from orl.study.places import Places
 from orl.study.progress import inherited_minutes, minutes_left, run_states, share_done
 from orl.study.runner import run_local, run_one, run_ray
@@ -136,14 +137,15 @@ def add_study_command(commands: Any) -> None:
                        help="results store (default: results/ beside the study file's folder)")
 
     run = sub.add_parser("run", help="run the missing runs (resumes started ones, skips recorded)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=HelpFormatter)
     common(run)
     run.add_argument("--workers", type=int, default=None, help="runs at once (default: one per core)")
     run.add_argument("--threads", type=int, default=None,
                      help="torch threads per run (default: the study's budget.threads_per_run)")
     run.add_argument("--only", nargs="+", default=None, metavar="KEY",
                      help="run keys, variants or conditions to run")
-    run.add_argument("--launcher", choices=["local", "ray"], default="local")
+    run.add_argument("--launcher", choices=["local", "ray"], default="local",
+                     help="local processes, or Ray tasks on a cluster (--address)")
     run.add_argument("--address", default=None, help="Ray head HOST:PORT (--launcher ray)")
     run.set_defaults(func=_cmd_run)
 
@@ -158,7 +160,7 @@ def add_study_command(commands: Any) -> None:
     status.set_defaults(func=_cmd_status)
 
     rep = sub.add_parser("report", help="tables and plots from the records (rliable)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=HelpFormatter)
     common(rep)
     rep.add_argument("--write-docs", action="store_true",
                      help="write the generated section of DOCS_DIR/<study>.md and its plots")

@@ -411,6 +411,29 @@ def test_overlapping_conditions_are_not_separated(tmp_path):
     assert pair["low"] < 0.5 < pair["high"] and pair["verdict"] == "not separated at this budget"
 
 
+def test_no_verdict_before_every_seed_is_in(tmp_path):
+    path = write_study(tmp_path, seeds=[0, 1, 2, 3, 4], eval={"episodes": 2, "num_envs": 2})
+    study = load_study(path)
+    rng = np.random.default_rng(0)
+    scores = {"wide": np.clip(rng.normal(0.8, 0.05, (5, 6)), 0, 1),
+              "narrow": np.clip(rng.normal(0.2, 0.05, (5, 6)), 0, 1)}
+    records = synthetic_records(study, scores)
+    for record in records:
+        if record["seed"] < 3:  # 3 of the 5 seeds
+            store_of(tmp_path).append(record)
+    text = report(study, store_of(tmp_path).folder, reps=300)
+    (pair,) = json.loads((store_of(tmp_path).folder / "report.json").read_text())["pairs"]
+    assert pair["low"] > 0.5  # separated so far, yet no verdict
+    assert pair["verdict"] == "no verdict before every seed is in (wide 3/5 runs, narrow 3/5 runs)"
+    assert "wide beats" not in text
+    for record in records:
+        if record["seed"] >= 3:
+            store_of(tmp_path).append(record)
+    report(study, store_of(tmp_path).folder, reps=300)
+    (pair,) = json.loads((store_of(tmp_path).folder / "report.json").read_text())["pairs"]
+    assert pair["verdict"] == "wide beats narrow"
+
+
 def test_ray_launcher_runs_the_tiny_study_on_a_local_head(tmp_path):
     pytest.importorskip("ray", reason="the cluster extra (CI installs it)")
     path = write_study(tmp_path, seeds=[0], variants={"narrow": {"model.embed_dim": 8}}, pairs=[])

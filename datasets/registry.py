@@ -78,13 +78,17 @@ def require_dataset(dataset_id: str, root: Path | None = None) -> Path:
     if (path / "data" / "metadata.json").is_file():
         return path
     known = list_local(root)
-    close = difflib.get_close_matches(dataset_id, known, n=3, cutoff=0.6)
     lines = [f"Dataset {dataset_id!r} not found under {root or datasets_root()}."]
-    if close:
-        lines.append(f"Close matches: {', '.join(close)}.")
-    if dataset_id.startswith("metaworld/"):
+    if dataset_id.startswith("metaworld/"):  # ids that differ in a few letters of the task
+        namespace = dataset_id.rsplit("/", 1)[0]  # are other tasks: list the task's own
+        same_task = [k for k in known if k.startswith(f"{namespace}/")]
+        if same_task:
+            lines.append(f"Local datasets of this task: {', '.join(same_task)}.")
         lines.append(_generate_hint(dataset_id))
     else:
+        close = difflib.get_close_matches(dataset_id, known, n=3, cutoff=0.6)
+        if close:
+            lines.append(f"Close matches: {', '.join(close)}.")
         lines.append("List local datasets with: orl data list")
     raise DatasetNotFoundError(" ".join(lines))
 
@@ -108,8 +112,13 @@ def _generate_hint(dataset_id: str) -> str:
 
 
 def _closest(name: str, known: tuple[str, ...]) -> str | None:
-    """``name`` if known, else its closest known name, else None."""
-    return name if name in known else next(iter(difflib.get_close_matches(name, known, n=1)), None)
+    """``name`` if known, else its closest known name (compared without the ``-vN`` suffix that
+    every Meta-World task shares), else None."""
+    if name in known:
+        return name
+    stems = {re.sub(r"-v\d+$", "", k): k for k in known}
+    match = difflib.get_close_matches(re.sub(r"-v\d+$", "", name), list(stems), n=1)
+    return stems[match[0]] if match else None
 
 
 @contextmanager

@@ -174,6 +174,8 @@ def test_cli_rejects_negative_workers(tmp_path, capsys):
                                     "with: orl data generate reach-v3 --level expert"),
     ("metaworld/rech-v3/expert-v2", "orl data generate reach-v3 --level expert --version 2"),
     ("metaworld/xyzzy/expert-v0", "a task of orl.envs.metaworld.MT50_TASKS"),
+    ("metaworld/nope-v3/expert-v0", "a task of orl.envs.metaworld.MT50_TASKS"),  # no 'window-open'
+    ("metaworld/pick-plce-v3/expert-v0", "Did you mean 'metaworld/pick-place-v3/expert-v0'?"),
 ])
 def test_missing_dataset_hint_corrects_task_and_level(tmp_path, dataset_id, hint):
     from orl.datasets.registry import DatasetNotFoundError, require_dataset
@@ -181,3 +183,18 @@ def test_missing_dataset_hint_corrects_task_and_level(tmp_path, dataset_id, hint
     with pytest.raises(DatasetNotFoundError) as err:
         require_dataset(dataset_id, tmp_path)
     assert hint in str(err.value)
+
+
+def test_missing_dataset_lists_the_tasks_local_datasets_not_other_tasks(tmp_path):
+    from orl.datasets.registry import DatasetNotFoundError, require_dataset
+
+    for dataset_id in ("metaworld/reach-v3/expert-v1", "metaworld/push-v3/expert-v0", "mine/x-v0"):
+        (tmp_path / dataset_id / "data").mkdir(parents=True)
+        (tmp_path / dataset_id / "data" / "metadata.json").write_text("{}")
+    with pytest.raises(DatasetNotFoundError) as err:
+        require_dataset("metaworld/reach-v3/expert-v0", tmp_path)
+    message = str(err.value)
+    assert "Local datasets of this task: metaworld/reach-v3/expert-v1." in message
+    assert "push-v3" not in message  # a few letters apart, yet another task
+    with pytest.raises(DatasetNotFoundError, match=r"Close matches: mine/x-v0\. List local"):
+        require_dataset("mine/x-v1", tmp_path)

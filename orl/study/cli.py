@@ -50,39 +50,42 @@ def _cmd_status(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     places = _places(args, study)
     rows = run_states(study, places)
+    selected = {run.key for run in study.select(args.only)}
     _, stale = split_records(ResultsStore(places.results).records(), study.runs)
     table = Table("run", "state", "step", "minutes", title=f"study {study.name}: {places.runs}")
-    for row in rows:
+    for row in (row for row in rows if row["key"] in selected):
         minutes = f"{row['wall_s'] / 60:.1f}" if row.get("wall_s") else ""
         step = "" if row["step"] is None else str(row["step"])
         table.add_row(row["key"], row["state"], f"{step} ({row['stage']})" if "stage" in row else step,
                       minutes)
     Console().print(table)
     counts: dict[str, int] = {}
-    for row in rows:
+    for row in (row for row in rows if row["key"] in selected):
         counts[row["state"]] = counts.get(row["state"], 0) + 1
     print(", ".join(f"{n} {state}" for state, n in counts.items())
           + (f"; {len(stale)} stale record(s) left out" if stale else ""))
-    print("recorded runs per condition: " + _per_condition(study, rows))
-    print(_estimate(study, places, rows))
+    print("recorded runs per condition: " + _per_condition(study, rows, selected))
+    print(_estimate(study, places, rows, selected))
     return 0
 
 
-def _per_condition(study: Study, rows: list[dict[str, Any]]) -> str:
-    """``label recorded/total`` for every condition, in study order."""
+def _per_condition(study: Study, rows: list[dict[str, Any]], selected: set[str]) -> str:
+    """``label recorded/total`` for every condition with a selected run, in study order."""
     recorded = {row["key"] for row in rows if row["state"] == "recorded"}
     counts: dict[str, list[int]] = {}
-    for run in study.runs:
+    for run in (run for run in study.runs if run.key in selected):
         done_total = counts.setdefault(run.label, [0, 0])
         done_total[0] += run.key in recorded
         done_total[1] += 1
     return ", ".join(f"{label} {done}/{total}" for label, (done, total) in counts.items())
 
 
-def _estimate(study: Study, places: Places, rows: list[dict[str, Any]]) -> str:
-    """Core-hours left (``minutes_left`` of every run not recorded)."""
+def _estimate(study: Study, places: Places, rows: list[dict[str, Any]], selected: set[str]) -> str:
+    """Core-hours left (``minutes_left`` of every selected run not recorded; minutes per run
+    measured on every recorded run)."""
     records = {row["key"]: row for row in rows if row["state"] == "recorded"}
-    left = [(run, row) for run, row in zip(study.runs, rows) if row["state"] != "recorded"]
+    left = [(run, row) for run, row in zip(study.runs, rows)
+            if row["state"] != "recorded" and run.key in selected]
     minutes = minutes_left(study, records, inherited_minutes(study, places), {run.key for run, _ in left},
                            {run.key: share_done(run, row) for run, row in left})
     if minutes is None:
@@ -157,6 +160,8 @@ def add_study_command(commands: Any) -> None:
 
     status = sub.add_parser("status", help="recorded / running / partial / missing, per run")
     common(status)
+    status.add_argument("--only", nargs="+", default=None, metavar="KEY",
+                        help="run keys, variants or conditions to show (default: every run)")
     status.set_defaults(func=_cmd_status)
 
     rep = sub.add_parser("report", help="tables and plots from the records (rliable)",

@@ -265,6 +265,17 @@ def test_the_estimate_counts_what_a_partial_run_has_left(tmp_path, capsys):
     assert share_done(single, {"state": "recorded", "step": 20}) == 1.0
 
 
+def test_status_only_shows_the_selected_runs(tmp_path, capsys):
+    path = write_study(tmp_path, budget={"minutes_per_run": 60})
+    assert orl_main(["study", "status", str(path), "--only", "narrow", *study_args(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "narrow-s0" in out and "narrow-s1" in out and "wide-s" not in out
+    assert "2 missing" in out and "per condition: narrow 0/2\n" in out
+    assert "2 run(s) left = 2.0 core-hours" in out
+    assert orl_main(["study", "status", str(path), "--only", "nope", *study_args(tmp_path)]) == 2
+    assert "no run, variant, condition or axis value ['nope']" in capsys.readouterr().err
+
+
 def _append_many(folder, worker, count):
     store = ResultsStore(folder)
     for i in range(count):

@@ -70,7 +70,8 @@ class Method(nn.Module):
         return []
 
     def acts_as(self, stage: int) -> int:
-        """The stage whose policy (and state statistics) task ``stage`` is played with."""
+        """The stage whose policy task ``stage`` is played with (on its own state statistics and
+        target return, as the data its attention was trained on)."""
         return stage
 
     def run_stage(self, runner: Any, stage: int) -> None:
@@ -160,11 +161,10 @@ class ContinualAgent(Agent):
         from orl.agents.policy import DTPolicy
 
         stages = list(range(self.num_tasks)) if stages is None else list(stages)
-        played = [self.method.acts_as(i) for i in stages]
         return DTPolicy(
-            model=_TaskModel(self), state_mean=self.state_mean[played],
-            state_std=self.state_std[played],
-            target_return=[self.spec.target_returns[i] for i in played],
+            model=_TaskModel(self), state_mean=self.state_mean[stages],
+            state_std=self.state_std[stages],
+            target_return=[self.spec.target_returns[i] for i in stages],
             rtg_scale=self.spec.rtg_scale,
             task_names=task_names or [self.spec.task_names[i] for i in stages],
             device=device, action_head=stages,

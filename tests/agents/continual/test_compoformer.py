@@ -60,11 +60,22 @@ def test_attention_sums_to_one_and_follows_description_similarity():
     assert SEQUENCE[int(weights.argmax())] == "push-wall-v3"  # the closest description
 
 
-def test_composed_tasks_play_the_reused_policy():
-    method = compoformer(SEQUENCE[:3])
+def test_composed_tasks_play_the_reused_policy_on_their_own_statistics():
+    agent = compoformer_agent(SEQUENCE[:3])
+    method = agent.method
     method.source[:] = torch.tensor([0, 0, 2])  # task 1 reuses task 0; task 2 grew
     assert [method.acts_as(i) for i in range(3)] == [0, 0, 2]
     assert method.grown_before(2) == [0]
+    agent.state_mean[:] = torch.arange(3.0)[:, None]  # task i's states have mean i
+    agent.spec.target_returns[:] = [10.0, 11.0, 12.0]
+    policy = agent.policy([1, 2])  # as the released code: task 1's own normalisation and
+    assert policy.state_mean[:, 0].tolist() == [1.0, 2.0]  # target return, task 0's policy
+    assert policy.target_return.tolist() == [11.0, 12.0]
+    window = (torch.randn(2, 4, 39), torch.randn(2, 4, 4), torch.randn(2, 4),
+              torch.arange(4).repeat(2, 1), torch.ones(2, 4, dtype=torch.bool))
+    agent.eval()
+    with torch.no_grad():
+        assert torch.equal(agent.actions(window, 1), agent.actions(window, 0))
 
 
 def test_missing_text_encoder_names_the_extra(monkeypatch):

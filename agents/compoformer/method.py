@@ -77,6 +77,18 @@ def no_dropout(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
+def task_head(width: int, hidden: int, act_dim: int) -> nn.Sequential:
+    """A grown task's MLP head over [own feature, composed feature], as the released code's
+    ``final_head``: Linear (orthogonal, ReLU gain) -> GELU -> LayerNorm -> Linear (orthogonal,
+    gain 0.01), zero biases."""
+    first, last = nn.Linear(2 * width, hidden), nn.Linear(hidden, act_dim)
+    nn.init.orthogonal_(first.weight, gain=nn.init.calculate_gain("relu"))
+    nn.init.orthogonal_(last.weight, gain=0.01)
+    for layer in (first, last):
+        nn.init.zeros_(layer.bias)
+    return nn.Sequential(first, nn.GELU(), nn.LayerNorm(hidden), last)
+
+
 class CompoFormer(Method):
     """CompoFormer Grow (``compoformer_grow``) or Prune (``compoformer_prune``)."""
 
@@ -110,11 +122,8 @@ class CompoFormer(Method):
                 key.weight.copy_(query.weight)
                 query.bias.zero_()
                 key.bias.zero_()
-        self.heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(2 * cfg.embed_dim, self.head_hidden), nn.ReLU(),
-                          nn.Linear(self.head_hidden, cfg.act_dim))
-            for _ in range(t)
-        )
+        hidden = self.head_hidden or cfg.embed_dim
+        self.heads = nn.ModuleList(task_head(cfg.embed_dim, hidden, cfg.act_dim) for _ in range(t))
 
     # ------------------------------------------------------------ composition
     def acts_as(self, stage: int) -> int:

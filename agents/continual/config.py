@@ -62,7 +62,8 @@ class ContinualConfig:
     compose_episodes: int = 10  # compoformer: rollouts of the best-matching earlier policy
     attention_dim: int = 256  # compoformer: query/key size
     attention_temperature: float = 16.0  # softmax(q . k / temperature)
-    head_hidden: int = 256  # compoformer: hidden units of each task's MLP head
+    head_hidden: int | None = None  # compoformer: hidden units of each task's MLP head
+    # (None: model.embed_dim, as the released code)
     # compoformer: dropout in the frozen earlier modules while a task trains; None: as the
     # released code, on for Grow and off (eval mode) for Prune
     frozen_dropout: bool | None = None
@@ -84,7 +85,8 @@ class ContinualConfig:
             ("compose_episodes", self.compose_episodes > 0, "> 0"),
             ("attention_dim", self.attention_dim > 0, "> 0"),
             ("attention_temperature", self.attention_temperature > 0, "> 0"),
-            ("head_hidden", self.head_hidden > 0, "> 0"),
+            ("head_hidden", self.head_hidden is None or self.head_hidden > 0,
+             "> 0 (null: model.embed_dim)"),
         ]
         for name, ok, expected in rules:
             if not ok:

@@ -154,3 +154,15 @@ def test_frozen_modules_run_with_dropout_as_the_released_code(variant, options, 
         assert torch.equal(first[frozen], second[frozen]) != frozen_dropout
     assert not torch.equal(first[2], second[2])  # the module in training keeps its dropout
     assert all(module.training for module in agent.modules())
+
+
+def test_task_heads_are_the_released_final_head():
+    head = compoformer_agent(SEQUENCE[:2]).method.heads[0]  # a 16-d DT, 4-d actions
+    assert [type(m) for m in head] == [torch.nn.Linear, torch.nn.GELU, torch.nn.LayerNorm,
+                                       torch.nn.Linear]
+    first, last = head[0], head[3]
+    assert (first.in_features, first.out_features, last.out_features) == (32, 16, 4)  # hidden: embed
+    torch.testing.assert_close(first.weight @ first.weight.T, 2.0 * torch.eye(16))  # ReLU gain^2
+    torch.testing.assert_close(last.weight @ last.weight.T, 1e-4 * torch.eye(4))
+    assert not first.bias.any() and not last.bias.any()
+    assert compoformer_agent(SEQUENCE[:2], head_hidden=8).method.heads[0][0].out_features == 8

@@ -162,14 +162,14 @@ def kept_by_stage(stage, keep=0.5):
 def test_added_parameters_counted_by_hand(toys, tmp_path, method):
     """Tiny model (embed 8, one block, 1-d actions): a task's own action head has 8 + 1
     parameters, a LoRA adapter rank 2 x (8 + 24) on the qkv projection, a CompoFormer MLP head
-    (16 -> 8 -> 1) 145 and its query/key maps 2 x (384 x 8 + 8), counted from the third task on
+    (16 -> 8, LayerNorm, -> 1) 161 and its query/key maps 2 x (384 x 8 + 8), counted from the third task on
     (the second has only one earlier policy to weigh); a composed task adds nothing."""
     cfg, agent, samplers = toys.tiny_agent(tmp_path, [PLUS, MINUS, PLUS], method)
     if method.startswith("compoformer"):
         agent.method.source[:] = torch.arange(3)  # every task grows
     for stage in range(3):
         train_stage(agent, samplers[stage], stage, tmp_path)
-    head, adapter, mlp_head, query_key = 9, 2 * (8 + 24), 16 * 8 + 8 + 8 + 1, 2 * (384 * 8 + 8)
+    head, adapter, mlp_head, query_key = 9, 2 * (8 + 24), 16 * 8 + 8 + 2 * 8 + 8 + 1, 2 * (384 * 8 + 8)
     expected = {
         "finetune": [head, head], "ewc": [head, head], "mtl": [head, head],
         "packnet": [head + kept_by_stage(1), head + kept_by_stage(2)],

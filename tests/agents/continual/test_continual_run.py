@@ -92,7 +92,7 @@ def test_compose_when_an_earlier_policy_solves_the_task(toys, tmp_path):
     # the composed task adds nothing; the grown one its adapter and MLP head (one earlier
     # policy to weigh: its query/key maps do not count)
     assert notes["1"]["added_parameters"] == 0
-    assert notes["2"]["added_parameters"] == 2 * (8 + 24) + 16 * 8 + 8 + 8 + 1
+    assert notes["2"]["added_parameters"] == 2 * (8 + 24) + 16 * 8 + 8 + 2 * 8 + 8 + 1
     assert (run / "stages" / "02-s2" / "train").is_dir()
     rows = json.loads((run / "continual.json").read_text())["rows"]
     assert rows[2] == [1.0, 1.0, 1.0]

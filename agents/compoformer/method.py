@@ -14,12 +14,13 @@ Compose or grow, for each task after the first:
    or a PackNet mask from the free weights (Prune: train, keep the top ``prune_keep`` share,
    fine-tune, split by ``prune_at``). Its state-token feature is concatenated with the
    attention-weighted features of the earlier grown tasks and the task's MLP head maps the
-   pair to the action.
+   pair to the action; the query/key maps keep what the warm-up taught them.
 
 The frozen earlier modules run without gradients; with dropout (Grow) or in eval mode (Prune)
 as in the released code, unless ``frozen_dropout`` says otherwise.
 
-The first task always grows (the backbone itself for Grow). All tasks' modules and heads are
+The first task always grows (the backbone itself for Grow) and acts through the DT's action
+head, as there is nothing to compose. All tasks' modules and heads are
 allocated up front so checkpoints keep one shape; isolation makes earlier tasks' outputs
 bit-identical while later tasks train.
 """
@@ -194,14 +195,15 @@ class CompoFormer(Method):
     def policy_actions(self, agent: ContinualAgent, grown: int, features: dict[int, torch.Tensor]
                        ) -> torch.Tensor:
         """Actions of grown task ``grown``'s policy from the state-token ``features`` of its
-        module and of the earlier grown modules (module -> features of the same rows)."""
+        module and of the earlier grown modules (module -> features of the same rows): its MLP
+        head over its own and the attention-weighted earlier features; the first task, with
+        nothing to compose, acts through the DT's own action head (as the released code)."""
         earlier = self.grown_before(grown)
         own = features[grown]
-        if earlier:
-            weights = self.attention(grown, earlier)
-            composed = sum(w * features[i] for w, i in zip(weights, earlier))
-        else:
-            composed = torch.zeros_like(own)
+        if not earlier:
+            return agent.model.predict(own, agent.heads[grown])
+        weights = self.attention(grown, earlier)
+        composed = sum(w * features[i] for w, i in zip(weights, earlier))
         return agent.model.squash(self.heads[grown](torch.cat([own, composed], dim=-1)))
 
     def grown_actions(self, agent: ContinualAgent, inputs: tuple[torch.Tensor, ...],
@@ -226,11 +228,11 @@ class CompoFormer(Method):
         return mse, {"action_mse": mse.detach()}
 
     def stage_parameters(self, agent: ContinualAgent, stage: int) -> list[nn.Parameter]:
-        attention = [*self.query[stage].parameters(), *self.key[stage].parameters()]
+        """Warm-up: the query/key maps; then the module's parameters and the MLP head (the maps
+        stay as the warm-up left them: the released code's default, ``updateqk`` off)."""
         if self.phase == "warmup":
-            return attention
-        own = self.module.stage_parameters(agent, stage) + list(self.heads[stage].parameters())
-        return own + (attention if stage > 0 else [])
+            return [*self.query[stage].parameters(), *self.key[stage].parameters()]
+        return self.module.stage_parameters(agent, stage) + list(self.heads[stage].parameters())
 
     def callbacks(self, agent: ContinualAgent) -> list[Callback]:
         return [] if self.phase == "warmup" else self.module.callbacks(agent)

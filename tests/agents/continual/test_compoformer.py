@@ -166,3 +166,28 @@ def test_task_heads_are_the_released_final_head():
     torch.testing.assert_close(last.weight @ last.weight.T, 1e-4 * torch.eye(4))
     assert not first.bias.any() and not last.bias.any()
     assert compoformer_agent(SEQUENCE[:2], head_hidden=8).method.heads[0][0].out_features == 8
+
+
+def test_the_first_task_acts_through_the_dts_head_and_grown_tasks_keep_their_attention():
+    agent = compoformer_agent(SEQUENCE[:3])
+    method = agent.method
+    method.source[:] = torch.arange(3)  # every task grows
+    window = (torch.randn(2, 4, 39), torch.randn(2, 4, 4), torch.randn(2, 4),
+              torch.arange(4).repeat(2, 1), torch.ones(2, 4, dtype=torch.bool))
+    agent.eval()
+    with torch.no_grad():
+        first, second = agent.actions(window, 0), agent.actions(window, 1)
+        for p in method.heads[0].parameters():  # unused by the first task
+            p.add_(1.0)
+        assert torch.equal(agent.actions(window, 0), first)
+        for p in agent.model.heads[0].parameters():  # the DT's head of task 0: its policy
+            p.add_(1.0)
+        assert not torch.equal(agent.actions(window, 0), first)
+        assert torch.equal(agent.actions(window, 1), second)  # task 1 composes features, not heads
+    trained = {id(p) for p in method.stage_parameters(agent, 2)}  # the grow phase
+    assert not any(id(p) in trained for p in [*method.query[2].parameters(),
+                                              *method.key[2].parameters()])
+    assert all(id(p) in trained for p in method.heads[2].parameters())
+    method.phase = "warmup"
+    assert {id(p) for p in method.stage_parameters(agent, 2)} == {
+        id(p) for p in [*method.query[2].parameters(), *method.key[2].parameters()]}

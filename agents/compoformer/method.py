@@ -97,7 +97,7 @@ class CompoFormer(Method):
         super().__init__()
         self.variant = cfg.method.removeprefix("compoformer_")
         self.module = (LoRA(cfg.lora_rank, cfg.lora_alpha) if self.variant == "grow"
-                       else PackNet(cfg.prune_keep, cfg.prune_at))
+                       else PackNet(cfg.prune_keep, cfg.prune_at, cfg.prune_scope))
         self.threshold = cfg.compose_threshold
         self.warmup_steps = cfg.compose_warmup_steps
         self.episodes = cfg.compose_episodes

@@ -56,6 +56,8 @@ class ContinualConfig:
     lora_alpha: float = 1.0
     prune_keep: float = 0.5  # packnet, compoformer_prune: share of free weights a task keeps
     prune_at: float = 0.8  # ... pruned after this share of the task's steps (40k of 50k)
+    prune_scope: str = "global"  # ... by one magnitude threshold over all linears (the released
+    # code) or one per linear (layer); the last task keeps every free weight either way
     replay_fraction: float = 0.5  # replay, agem: share of each batch from earlier tasks
     compose_threshold: float = 0.8  # compoformer: reuse an earlier policy at this success
     compose_warmup_steps: int = 1000  # compoformer: steps training the query/key maps
@@ -79,6 +81,7 @@ class ContinualConfig:
             ("lora_rank", self.lora_rank > 0, "> 0"),
             ("prune_keep", 0 < self.prune_keep < 1, "in (0, 1)"),
             ("prune_at", 0 < self.prune_at < 1, "in (0, 1)"),
+            ("prune_scope", self.prune_scope in ("global", "layer"), "global or layer"),
             ("replay_fraction", 0 < self.replay_fraction < 1, "in (0, 1)"),
             ("compose_threshold", 0 <= self.compose_threshold <= 1, "in [0, 1]"),
             ("compose_warmup_steps", self.compose_warmup_steps > 0, "> 0"),

@@ -145,18 +145,22 @@ def importance(agent: ContinualAgent, sampler: Any, kind: str, samples: int,
 # ------------------------------------------------------------------ isolation
 class PackNet(Method):
     """Per-stage masks over the block linears: stage ``t`` trains the free weights, keeps the
-    ``keep`` share of them with the largest magnitude after ``prune_at`` of its steps (the rest
-    are zeroed and stay free), then fine-tunes only its own. Mask ``t`` holds the weights of
-    stages ``<= t``. Everything else shared is trained in the first stage only."""
+    ``keep`` share of them with the largest magnitude after ``prune_at`` of its steps (one
+    threshold over all the linears, or one per linear: ``scope``; the rest are zeroed and stay
+    free), then fine-tunes only its own; the last stage keeps every free weight. Mask ``t``
+    holds the weights of stages ``<= t``. Everything else shared (LayerNorms and biases
+    included, which the released CompoFormer code's PackNet also prunes) is trained in the first
+    stage only."""
 
-    def __init__(self, keep: float, prune_at: float) -> None:
+    def __init__(self, keep: float, prune_at: float, scope: str = "global") -> None:
         super().__init__()
-        self.keep, self.prune_at = keep, prune_at
+        self.keep, self.prune_at, self.scope = keep, prune_at, scope
         self.linears: list[OrlLinear] = []
 
     def attach(self, agent: ContinualAgent) -> None:
         self.linears = block_linears(agent)
         t = agent.num_tasks
+        self.last_stage = t - 1
         for k, layer in enumerate(self.linears):
             layer.set_masks(torch.ones(t, *layer.weight.shape, dtype=torch.bool))
             self.register_buffer(f"owner_{k}", torch.full(layer.weight.shape, -1, dtype=torch.int16))
@@ -194,13 +198,22 @@ class PackNet(Method):
 
     @torch.no_grad()
     def prune(self, stage: int) -> None:
-        """Stage ``stage`` keeps the largest ``keep`` share of the free weights of each linear."""
-        for layer, owner in zip(self.linears, self.owners()):
-            free = owner < 0
-            count = round(self.keep * int(free.sum()))
-            if count:
-                magnitude = layer.weight.abs().masked_fill(~free, -1.0).flatten()
-                owner.view(-1)[magnitude.topk(count).indices] = stage
+        """Stage ``stage`` keeps the ``keep`` share of the free weights with the largest
+        magnitude, of all the linears at once or of each (``scope``; the last stage: all of
+        them); the others are zeroed."""
+        owners = self.owners()
+        magnitude = [layer.weight.abs().masked_fill(owner >= 0, -1.0).flatten()
+                     for layer, owner in zip(self.linears, owners)]
+        groups = [torch.cat(magnitude)] if self.scope == "global" else magnitude
+        kept = []
+        for group in groups:
+            free = int((group >= 0).sum())
+            mine = torch.zeros_like(group, dtype=torch.bool)
+            mine[group.topk(free if stage == self.last_stage else round(self.keep * free)).indices] = True
+            kept.append(mine)
+        kept = torch.cat(kept).split([o.numel() for o in owners])
+        for layer, owner, mine in zip(self.linears, owners, kept):
+            owner.view(-1)[mine] = stage
             layer.weight.masked_fill_(owner < 0, 0.0)
             layer.masks[stage] = (owner >= 0) & (owner <= stage)
         self.pruned.fill_(stage)
@@ -325,7 +338,7 @@ def build_method(cfg: ContinualConfig, stages: list[Stage]) -> Method:
     if name in ("l2", "ewc", "mas"):
         return Regularizer(name, cfg.coef, cfg.importance_samples)
     if name == "packnet":
-        return PackNet(cfg.prune_keep, cfg.prune_at)
+        return PackNet(cfg.prune_keep, cfg.prune_at, cfg.prune_scope)
     if name == "lora":
         return LoRA(cfg.lora_rank, cfg.lora_alpha)
     if name == "replay":

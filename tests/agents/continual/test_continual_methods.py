@@ -102,13 +102,39 @@ def test_packnet_masks_partition_the_weights(toys, tmp_path):
     cfg, agent, samplers = toys.tiny_agent(tmp_path, [PLUS, MINUS], "packnet", prune_keep=0.5)
     for stage in range(2):
         train_stage(agent, samplers[stage], stage, tmp_path)
-    for layer, owner in zip(agent.method.linears, agent.method.owners()):
-        n = owner.numel()
-        assert int((owner == 0).sum()) == round(0.5 * n)
-        assert int((owner == 1).sum()) == round(0.5 * (n - round(0.5 * n)))
+    owners = agent.method.owners()
+    total = sum(owner.numel() for owner in owners)
+    assert sum(int((owner == 0).sum()) for owner in owners) == round(0.5 * total)
+    for layer, owner in zip(agent.method.linears, owners):
+        assert bool((owner >= 0).all())  # the last stage keeps every free weight
         assert torch.equal(layer.masks[0], owner == 0)
-        assert torch.equal(layer.masks[1], (owner == 0) | (owner == 1))
-        assert bool((layer.weight[owner < 0] == 0).all())
+        assert bool(layer.masks[1].all())
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_packnet_keeps_the_largest_free_weights(toys, tmp_path, scope):
+    cfg, agent, samplers = toys.tiny_agent(tmp_path, [PLUS, MINUS, PLUS], "packnet", prune_keep=0.3,
+                                           prune_scope=scope)
+    packnet = agent.method
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for k, layer in enumerate(packnet.linears):  # the layers' scales differ: a per-layer
+            layer.weight.copy_(torch.randn_like(layer.weight) * (k + 1))  # rule would differ
+    packnet.owners()[0][:2] = 0  # two weights an earlier stage owns
+    before = [layer.weight.detach().clone() for layer in packnet.linears]
+    packnet.prune(1)
+    # slow reference: rank the free weights of all linears (global) or of each (layer) by
+    # magnitude, keep the top 30%
+    free = [(float(w.flatten()[i].abs()), k, i) for k, w in enumerate(before) for i in range(w.numel())
+            if not (k == 0 and i < 2 * w.shape[1])]
+    groups = [free] if scope == "global" else [[f for f in free if f[1] == k] for k in range(4)]
+    expected = {(k, i) for group in groups
+                for _, k, i in sorted(group, reverse=True)[:round(0.3 * len(group))]}
+    got = {(k, i) for k, owner in enumerate(packnet.owners())
+           for i in torch.nonzero(owner.flatten() == 1).flatten().tolist()}
+    assert got == expected
+    for layer, owner, w in zip(packnet.linears, packnet.owners(), before):
+        assert torch.equal(layer.weight, torch.where(owner >= 0, w, torch.zeros_like(w)))
 
 
 def test_replay_sampler_mixes_earlier_stages(toys, tmp_path):
@@ -144,17 +170,15 @@ def test_agem_gradient_is_the_projection(toys, tmp_path):
 
 
 
-def kept_by_stage(stage, keep=0.5):
+def kept_by_stage(stage, keep=0.5, stages=3):
     """Weights PackNet stage ``stage`` keeps in the tiny model's block linears (qkv 24 x 8,
-    attention proj 8 x 8, MLP 32 x 8 and 8 x 32): ``keep`` of the still-free ones."""
-    total = 0
-    for n in (192, 64, 256, 256):
-        free = n
-        for _ in range(stage + 1):
-            kept = round(keep * free)
-            free -= kept
-        total += kept
-    return total
+    attention proj 8 x 8, MLP 32 x 8 and 8 x 32: 768): ``keep`` of the still-free ones, all of
+    them in the last stage."""
+    free = 192 + 64 + 256 + 256
+    for s in range(stage + 1):
+        kept = free if s == stages - 1 else round(keep * free)
+        free -= kept
+    return kept
 
 
 @pytest.mark.parametrize("method", ["finetune", "ewc", "mtl", "packnet", "lora",

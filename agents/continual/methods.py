@@ -80,7 +80,9 @@ def qkv_linears(agent: ContinualAgent) -> list[OrlLinear]:
 
 # ------------------------------------------------------------------ penalties
 class Regularizer(Method):
-    """``l2``, ``ewc`` or ``mas``: ``coef * sum omega (theta - theta*)^2`` over shared params."""
+    """``l2``, ``ewc`` or ``mas``: ``coef / 2 * sum omega (theta - theta*)^2`` over the shared
+    params, ``theta*`` their values after the last stage, ``omega`` ones (l2) or the importance
+    summed over the finished stages (ewc, mas)."""
 
     def __init__(self, kind: str, coef: float, samples: int) -> None:
         super().__init__()
@@ -101,14 +103,18 @@ class Regularizer(Method):
             (getattr(self, f"omega__{key}") * (p - getattr(self, f"anchor__{key}")) ** 2).sum()
             for key, (_, p) in zip(self.names, agent.shared_parameters())
         )
-        return self.coef * total
+        return 0.5 * self.coef * total
 
     def end_stage(self, agent: ContinualAgent, stage: int, sampler: Any) -> None:
         params = [p for _, p in agent.shared_parameters()]
         gain = importance(agent, sampler, self.kind, self.samples, params)
         with torch.no_grad():
             for key, p, g in zip(self.names, params, gain):
-                getattr(self, f"omega__{key}").add_(g)
+                omega = getattr(self, f"omega__{key}")
+                if self.kind == "l2":
+                    omega.copy_(g)  # ones: one constant weight
+                else:
+                    omega.add_(g)
                 getattr(self, f"anchor__{key}").copy_(p)
 
 

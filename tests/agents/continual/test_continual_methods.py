@@ -74,11 +74,25 @@ def test_penalty_matches_a_slow_reference(toys, tmp_path, kind):
     with torch.no_grad():
         for _, p in shared:
             p.add_(0.01 * torch.randn_like(p))
-    expected = 3.0 * sum((omega[n] * (p - anchor[n]) ** 2).sum() for n, p in shared)
+    expected = 3.0 / 2 * sum((omega[n] * (p - anchor[n]) ** 2).sum() for n, p in shared)
     assert float(expected.detach()) > 0
     torch.testing.assert_close(agent.method.penalty(agent), expected, rtol=1e-4, atol=1e-9)
     loss, metrics = agent.loss(samplers[1].sample())
     assert "penalty" in metrics
+
+
+@pytest.mark.parametrize("kind, grows", [("l2", False), ("ewc", True), ("mas", True)])
+def test_l2_weight_stays_one_while_importance_adds_up(toys, tmp_path, kind, grows):
+    cfg, agent, samplers = toys.tiny_agent(tmp_path, [PLUS, MINUS, PLUS], kind)
+    omegas = []
+    for stage in range(2):
+        train_stage(agent, samplers[stage], stage, tmp_path)
+        omegas.append(torch.cat([getattr(agent.method, f"omega__{k}").flatten()
+                                 for k in agent.method.names]))
+    if grows:  # ewc, mas: the second stage's importance is added to the first's
+        assert bool((omegas[1] >= omegas[0]).all()) and float(omegas[1].sum()) > float(omegas[0].sum())
+    else:  # l2: one constant weight, however many stages
+        assert bool((omegas[0] == 1).all()) and bool((omegas[1] == 1).all())
 
 
 @pytest.mark.parametrize("method", ["packnet", "lora", "compoformer_grow", "compoformer_prune"])

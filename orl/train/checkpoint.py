@@ -339,7 +339,9 @@ def _check_model(path: Path, agent: nn.Module, weights: dict[str, torch.Tensor])
             + (_listing("unexpected keys (in the checkpoint, not in the agent)", unexpected)
                if unexpected else "")
             + (_listing("shape mismatches", shapes) if shapes else "")
-            + "\nBuild the agent with the configuration of the run that wrote it."
+            + "\nBuild the agent with the configuration of the run that wrote it; if that is what "
+              "was done, another version of orl wrote it: load it with that version (its "
+              "provenance or study record names the git commit), or retrain."
         )
 
 

@@ -193,6 +193,7 @@ def test_model_that_does_not_fit_lists_keys_and_shapes(checkpoint):
     assert "unexpected keys" not in text
     assert "net.0.weight (16, 3) in the checkpoint vs (8, 3)" in text
     assert "net.3.weight (2, 16) in the checkpoint vs (8, 8)" in text
+    assert "another version of orl wrote it: load it with that version" in text
     assert all(torch.equal(other.state_dict()[k], v) for k, v in before.items())
 
 

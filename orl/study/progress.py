@@ -98,8 +98,8 @@ class Progress:
         from tqdm import tqdm
 
         self.study = study
-        self.records, _ = split_records(ResultsStore(places.results).records(), study.runs)
-        rows = {row["key"]: row for row in run_states(study, places)}
+        rows = {row["key"]: row for row in run_states(study, places)}  # one read of the store
+        self.records = {key: row for key, row in rows.items() if row["state"] == "recorded"}
         self.shares = {run.key: share_done(run, rows[run.key]) for run in todo}
         self.inherited = inherited_minutes(study, places)
         self.workers = workers

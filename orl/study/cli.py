@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ValueError("--launcher ray needs --address HOST:PORT of the Ray head")
         failed = run_ray(study, places, args.address, args.only, args.threads)
     else:
-        failed = run_local(study, places, args.only, args.workers, args.threads)
+        try:
+            failed = run_local(study, places, args.only, args.workers, args.threads)
+        except KeyboardInterrupt:
+            print(f"study {study.name}: interrupted; its runs stopped, `orl study run` resumes them",
+                  file=sys.stderr)
+            return 130
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)} (their logs: {places.runs / 'logs'})")
         return 1

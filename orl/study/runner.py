@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -185,12 +186,14 @@ def preflight(study: Study, runs: list[RunSpec]) -> None:
 
 
 def pending(study: Study, places: Places, only: list[str] | None = None) -> list[RunSpec]:
-    """The selected runs without a current record, seed by seed (every condition's first seed,
-    then every second seed, ...), so a study stopped early has its conditions at even counts."""
+    """The selected runs without a current record: first those already started (a partial run's
+    checkpoints are on disk and its record is nearest), then seed by seed (every condition's first
+    seed, then every second seed, ...), so a study stopped early has its conditions at even counts."""
     current, _ = split_records(ResultsStore(places.results).records(), study.runs)
     order = {seed: i for i, seed in enumerate(study.file.seeds)}
     todo = [run for run in study.select(only) if run.key not in current]
-    return sorted(todo, key=lambda run: order[run.seed])  # stable: study order within a seed
+    # stable: study order within a seed
+    return sorted(todo, key=lambda run: (not places.run_dir(run).is_dir(), order[run.seed]))
 
 
 def run_local(study: Study, places: Places, only: list[str] | None = None,
@@ -210,6 +213,7 @@ def run_local(study: Study, places: Places, only: list[str] | None = None,
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     progress = Progress(study, places, todo, workers)
     queue, running, failed = list(todo), [], []
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # killed like Ctrl-C: the runs stop too
     try:
         while queue or running:
             while queue and len(running) < workers:
@@ -232,11 +236,16 @@ def run_local(study: Study, places: Places, only: list[str] | None = None,
                     progress.bar.write(f"{key}: failed (exit {proc.returncode}), see {logs / key}.log")
                 progress.done(_record_of(places, study, key), key)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for proc, _, log in running:  # interrupted: the runs stop and resume next time
             proc.terminate()
             log.close()
         progress.close()
     return failed
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _record_of(places: Places, study: Study, key: str) -> dict[str, Any] | None:

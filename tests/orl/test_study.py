@@ -3,7 +3,6 @@
 import json
 import multiprocessing
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -73,6 +72,9 @@ def test_study_file_expands_variants_axes_and_seeds(tmp_path):
     assert study.select(["wide"]) == [r for r in study.runs if r.variant == "wide"]
     todo = pending(study, Places.of(study, tmp_path / "runs"))
     assert [r.key for r in todo[:4]] == ["narrow+slow-s0", "narrow+fast-s0", "wide+slow-s0", "wide+fast-s0"]
+    places = Places.of(study, tmp_path / "runs")
+    places.run_dir(study.runs[-1]).mkdir(parents=True)  # wide+fast-s1 started: it goes first
+    assert [r.key for r in pending(study, places)[:3]] == ["wide+fast-s1", "narrow+slow-s0", "narrow+fast-s0"]
     assert [r.key for r in study.select(["fast"])] == [r.key for r in study.runs if "+fast" in r.key]
 
 
@@ -195,8 +197,16 @@ def test_tiny_study_runs_with_two_workers_and_is_not_run_twice(tmp_path, capsys)
     assert "4 missing" in out and "4 stale record(s)" in out
 
 
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_killed_study_resumes_with_one_record_per_run(tmp_path):
-    path = write_study(tmp_path, overrides={"train.steps": 30, "train.checkpoint_every": 5})
+    path = write_study(tmp_path, overrides={"train.steps": 400, "train.checkpoint_every": 5})
     command = [sys.executable, "-m", "orl.cli", "study", "run", str(path), "--workers", "2",
                *study_args(tmp_path)]
     proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -205,8 +215,12 @@ def test_killed_study_resumes_with_one_record_per_run(tmp_path):
     runs = tmp_path / "runs" / "tiny"
     while time.monotonic() < deadline and not list(runs.glob("*/checkpoints/step_*")):
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the study and every run it started
-    proc.wait()
+    proc.terminate()  # SIGTERM to the study alone: it stops the runs it started
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 5  # the runs' SIGTERM ends them at once
+    while time.monotonic() < deadline and _group_alive(proc.pid):
+        time.sleep(0.2)
+    assert not _group_alive(proc.pid), "a run outlived its study"
     assert len(store_of(tmp_path).records()) < 4
     assert orl_main(["study", "run", str(path), "--workers", "2", *study_args(tmp_path)]) == 0
     keys = [r["key"] for r in store_of(tmp_path).records()]

@@ -103,8 +103,12 @@ class Progress:
         self.shares = {run.key: share_done(run, rows[run.key]) for run in todo}
         self.inherited = inherited_minutes(study, places)
         self.workers = workers
-        self.bar = tqdm(total=len(todo), desc=f"study {study.name}", unit="run", dynamic_ncols=True)
+        # one ETA, the study's own: tqdm's (runs done per second so far) is wrong for runs of
+        # unequal lengths, and for a resumed study
+        self.bar = tqdm(total=len(todo), desc=f"study {study.name}", unit="run", dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         self.left = {run.key for run in todo}
+        self.show()
 
     def eta_minutes(self) -> float | None:
         """Wall minutes until every run left is done, None while some run has no time to go by."""
@@ -116,9 +120,12 @@ class Progress:
             self.records[key] = record
         self.left.discard(key)
         self.bar.update(1)
+        self.show(key)
+
+    def show(self, last: str | None = None) -> None:
         eta = self.eta_minutes()
-        if eta is not None:
-            self.bar.set_postfix_str(f"last {key}, ETA {eta:.0f} min")
+        parts = ([] if last is None else [f"last {last}"]) + ([] if eta is None else [f"ETA {eta:.0f} min"])
+        self.bar.set_postfix_str(", ".join(parts))
 
     def close(self) -> None:
         self.bar.close()

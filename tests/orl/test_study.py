@@ -271,6 +271,7 @@ def test_the_estimate_counts_what_a_partial_run_has_left(tmp_path, capsys):
     assert "4 run(s) left = 3.3 core-hours" in capsys.readouterr().out
     progress = Progress(study, Places.of(study, tmp_path / "runs"), study.runs, workers=2)
     assert progress.eta_minutes() == pytest.approx(200 / 2)  # the bar's ETA: the same 200 min
+    assert str(progress.bar).endswith("0/4 [00:00, ETA 100 min]")  # tqdm's own guess left out
     progress.close()
     single = study.runs[1]
     assert share_done(single, {"state": "partial", "step": 5}) == 0.25

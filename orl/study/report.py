@@ -184,20 +184,20 @@ def improvement(scores: Scores, pairs: list[tuple[str, str]], reps: int, seed: i
         if scores.tasks_of[x] != scores.tasks_of[y]:
             out.append({"x": x, "y": y, "p": None, "verdict": "not compared: different tasks"})
             continue
+        missing = {c: (len(scores.finals[c]), (planned or {}).get(c, 0)) for c in (x, y)}
+        waiting = ("no verdict before every seed is in (" + ", ".join(
+            f"{c} {have}/{want} runs" for c, (have, want) in missing.items()) + ")"
+            if any(have < want for have, want in missing.values()) else None)
         if min(len(scores.finals[x]), len(scores.finals[y])) < MIN_RUNS:
-            out.append({"x": x, "y": y, "p": None, "verdict": f"not separated at this budget "
-                        f"(a CI needs at least {MIN_RUNS} runs of each)"})
+            out.append({"x": x, "y": y, "p": None, "verdict": waiting or "not separated at this "
+                        f"budget (a CI needs at least {MIN_RUNS} runs of each)"})
             continue
         point, interval = bootstrap({"pair": (scores.finals[x], scores.finals[y])},
                                     metrics.probability_of_improvement, reps, seed)
         low, high = np.asarray(interval["pair"], dtype=float).ravel()[:2]
         low, high = float(low), float(high)
-        verdict = (f"{x} beats {y}" if low > 0.5 else f"{y} beats {x}" if high < 0.5
-                   else "not separated at this budget")
-        missing = {c: (len(scores.finals[c]), (planned or {}).get(c, 0)) for c in (x, y)}
-        if any(have < want for have, want in missing.values()):
-            verdict = "no verdict before every seed is in (" + ", ".join(
-                f"{c} {have}/{want} runs" for c, (have, want) in missing.items()) + ")"
+        verdict = waiting or (f"{x} beats {y}" if low > 0.5 else f"{y} beats {x}" if high < 0.5
+                              else "not separated at this budget")
         out.append({"x": x, "y": y, "p": float(point["pair"]), "low": low, "high": high,
                     "verdict": verdict})
     return out

@@ -445,7 +445,13 @@ def test_no_verdict_before_every_seed_is_in(tmp_path):
               "narrow": np.clip(rng.normal(0.2, 0.05, (5, 6)), 0, 1)}
     records = synthetic_records(study, scores)
     for record in records:
-        if record["seed"] < 3:  # 3 of the 5 seeds
+        if record["seed"] == 0:  # one run each: no interval, and no "not separated" either
+            store_of(tmp_path).append(record)
+    report(study, store_of(tmp_path).folder, reps=300)
+    (pair,) = json.loads((store_of(tmp_path).folder / "report.json").read_text())["pairs"]
+    assert pair["verdict"] == "no verdict before every seed is in (wide 1/5 runs, narrow 1/5 runs)"
+    for record in records:
+        if 0 < record["seed"] < 3:  # 3 of the 5 seeds
             store_of(tmp_path).append(record)
     text = report(study, store_of(tmp_path).folder, reps=300)
     (pair,) = json.loads((store_of(tmp_path).folder / "report.json").read_text())["pairs"]
@@ -458,6 +464,17 @@ def test_no_verdict_before_every_seed_is_in(tmp_path):
     report(study, store_of(tmp_path).folder, reps=300)
     (pair,) = json.loads((store_of(tmp_path).folder / "report.json").read_text())["pairs"]
     assert pair["verdict"] == "wide beats narrow"
+
+
+def test_a_one_seed_study_has_no_interval_to_judge_by(tmp_path):
+    path = write_study(tmp_path, seeds=[0], eval={"episodes": 2, "num_envs": 2})
+    study = load_study(path)
+    scores = {"wide": np.full((1, 6), 0.9), "narrow": np.full((1, 6), 0.1)}
+    for record in synthetic_records(study, scores):
+        store_of(tmp_path).append(record)
+    report(study, store_of(tmp_path).folder, reps=300)
+    (pair,) = json.loads((store_of(tmp_path).folder / "report.json").read_text())["pairs"]
+    assert pair["verdict"] == "not separated at this budget (a CI needs at least 2 runs of each)"
 
 
 def test_ray_launcher_runs_the_tiny_study_on_a_local_head(tmp_path):

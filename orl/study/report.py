@@ -148,12 +148,18 @@ def seeded_numpy(seed: int) -> Iterator[None]:
 
 
 def bootstrap(score_dict: dict, func: Any, reps: int, seed: int) -> tuple[dict, dict]:
-    """rliable's stratified-bootstrap point and interval estimates, reproducible for ``seed``."""
+    """rliable's stratified-bootstrap point and interval estimates, reproducible for ``seed``:
+    each entry draws from its own generator, so its interval does not depend on the others."""
     from rliable import library as rly
 
-    with seeded_numpy(seed):
-        return rly.get_interval_estimates(score_dict, func, reps=reps,
-                                          random_state=np.random.RandomState(seed))
+    points, intervals = {}, {}
+    for key, scores in score_dict.items():
+        with seeded_numpy(seed):
+            point, interval = rly.get_interval_estimates({key: scores}, func, reps=reps,
+                                                         random_state=np.random.RandomState(seed))
+        points |= point
+        intervals |= interval
+    return points, intervals
 
 
 def interval_table(scores: Scores, reps: int, seed: int) -> dict[str, dict[str, tuple]]:

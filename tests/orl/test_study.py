@@ -575,3 +575,16 @@ def test_report_tables_go_to_wandb_as_tables():
     aggregates, improvement = run.logged["study/aggregates"], run.logged["study/improvement"]
     assert isinstance(aggregates, wandb.Table) and aggregates.data[0][:4] == ["wide", 0.5, 0.4, 0.6]
     assert "IQM low" in aggregates.columns and improvement.data[0][-1] == "wide beats narrow"
+
+
+def test_a_conditions_interval_does_not_depend_on_the_others():
+    from orl.study.report import bootstrap
+
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(size=(5, 4)), rng.uniform(size=(3, 4))
+    def mean(s):
+        return np.array([np.mean(s)])
+    alone = bootstrap({"a": a}, mean, 200, 0)
+    both = bootstrap({"b": b, "a": a}, mean, 200, 0)
+    assert both[0]["a"] == alone[0]["a"]
+    np.testing.assert_array_equal(both[1]["a"], alone[1]["a"])

@@ -215,6 +215,8 @@ class Trainer:
                 self._after_step(bar)
             for callback in self.callbacks:
                 callback.on_train_end(self)
+            if self._owns_process_group:
+                dist.barrier()  # no rank leaves the group while another still talks to it
         finally:
             bar.close()
             if self._owns_process_group:

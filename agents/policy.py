@@ -15,15 +15,17 @@ from orl.model.layers import Route
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode (no dropout) and put it back into training mode if it was."""
-    if not model.training:  # the usual case: switching walks every module, so skip it
-        yield
-        return
-    model.eval()
+    """``model`` in eval mode (no dropout) inside the block; the submodules that were training
+    are put back into training mode after it, the others left alone (only they are switched:
+    ``Module.eval``/``train`` set every submodule, costly at every step of an evaluation)."""
+    training = [module for module in model.modules() if module.training]
+    for module in training:
+        module.training = False
     try:
         yield
     finally:
-        model.train()
+        for module in training:
+            module.training = True
 
 
 class DTPolicy:
@@ -131,23 +133,42 @@ class DTPolicy:
         if tasks is not None and len(tasks) != num_envs:
             raise ValueError(f"{len(tasks)} tasks for {num_envs} envs")
         index = [0] * num_envs if tasks is None else [self.task_index(t) for t in tasks]
-        task = torch.tensor(index, dtype=torch.long, device=self.device)
         cfg, length = self.model.cfg, len(self._valid)
         self._states = torch.zeros(num_envs, length, cfg.obs_dim, device=self.device)
         self._actions = torch.zeros(num_envs, length, cfg.act_dim, device=self.device)
         self._rtg = torch.zeros(num_envs, length, device=self.device)
+        self._play(torch.tensor(index, dtype=torch.long, device=self.device))
+        if self._cached:
+            self._start_cache()
+        self._step = 0
+
+    @torch.inference_mode()
+    def keep(self, rows: np.ndarray) -> None:
+        """Act for the envs ``rows`` (ascending indices into the envs acted for so far) only:
+        the others have finished their episodes, and later ``act`` calls get the kept envs'
+        observations in this order. Each kept env's history and token cache stay as they were,
+        so its actions do not change; an evaluation stops paying for envs that are done."""
+        index = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.device)
+        self._states, self._actions, self._rtg = (
+            self._states[index], self._actions[index], self._rtg[index])
+        self._play(self._env_task[index])
+        if self._cached:
+            if self._step:  # the cache starts at the first step
+                self._tokens, self._qkv = self._tokens[index], self._qkv[index]
+            self._start_cache()
+
+    def _play(self, task: torch.Tensor) -> None:
+        """What depends on the task of each env (``task``: (N,) task indices)."""
+        self._env_task = task
         self._mean, self._std = self.state_mean[task], self.state_std[task]
         self._target = self.target_return[task] / self.rtg_scale
         self._task = task if self.use_task_embedding else None
         self._prompt = None if self.prompt is None else {k: v[task] for k, v in self.prompt.items()}
         self._route = None if self.route_fn is None else self.route_fn(task)
-        if self._cached:
-            self._start_cache()
         self._head: int | torch.Tensor | None = None
         if self.action_head is not None:
             heads = self.action_head[task]
             self._head = int(heads[0]) if bool((heads == heads[0]).all()) else heads
-        self._step = 0
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray, reward: np.ndarray) -> np.ndarray:

@@ -27,8 +27,7 @@ bit-identical while later tasks train.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -39,6 +38,7 @@ from orl.agents.compoformer.text import EMBEDDING_DIM, embed_descriptions
 from orl.agents.continual.agent import ContinualAgent, Method
 from orl.agents.continual.methods import LoRA, PackNet
 from orl.agents.dt import action_mse
+from orl.agents.policy import eval_mode
 from orl.model.layers import Index, Route
 from orl.train.callbacks import Callback
 
@@ -64,18 +64,6 @@ def stage_descriptions(stages: list[Stage]) -> list[str]:
             )
         out.append(text)
     return out
-
-
-@contextmanager
-def no_dropout(model: nn.Module) -> Iterator[None]:
-    """``model`` in eval mode (no dropout) inside the block; every submodule's mode restored."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def task_head(width: int, hidden: int, act_dim: int) -> nn.Sequential:
@@ -160,7 +148,7 @@ class CompoFormer(Method):
         if frozen:
             index = torch.cat([rows[i] for i in frozen])
             route = torch.cat([torch.full_like(rows[i], i) for i in frozen])
-            with torch.no_grad(), nullcontext() if self.frozen_dropout else no_dropout(agent.model):
+            with torch.no_grad(), nullcontext() if self.frozen_dropout else eval_mode(agent.model):
                 features = agent.model.encode(*(None if x is None else x[index] for x in inputs),
                                               route=self.route(route), last_only=last_only)
             out |= dict(zip(frozen, features.split([len(rows[i]) for i in frozen])))

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from orl.envs import ENV_IDS, env_id, resolve_tasks
 from orl.envs.metaworld import NUM_VARIATIONS
-from orl.eval.policy import Policy, reset_policy
+from orl.eval.policy import Policy, keeps_rows, reset_policy
 from orl.eval.result import EvalResult, TaskResult
 from orl.eval.video import require_video_writer, write_video
 
@@ -304,7 +304,8 @@ def evaluate(
 def _run_wave(
     policy: Policy, envs: gym.vector.VectorEnv, obs: np.ndarray, live: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Step all envs until every ``live`` one has finished its episode.
+    """Step all envs until every ``live`` one has finished its episode; a policy that can
+    ``keep`` rows acts only for the envs still playing.
 
     Returns per env: the return, the length and whether ``info["success"]`` was ever true
     (NaN for envs that never reported a success).
@@ -314,12 +315,19 @@ def _run_wave(
     ret, length = np.zeros(n), np.zeros(n, dtype=np.int64)
     success, reports = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     reward = np.zeros(n)
-    action_shape = (n, *envs.single_action_space.shape)
+    space = envs.single_action_space
+    action = np.zeros((n, *space.shape), dtype=space.dtype)  # finished envs ignore theirs
+    acting = np.arange(n)  # the envs the policy acts for
+    keeps = keeps_rows(policy)
     while live.any():
-        action = np.asarray(policy.act(obs, reward), dtype=envs.single_action_space.dtype)
-        if action.shape != action_shape:
-            raise ValueError(f"policy.act returned actions of shape {action.shape}, "
-                             f"expected {action_shape}")
+        if keeps and not live[acting].all():
+            policy.keep(np.flatnonzero(live[acting]))
+            acting = acting[live[acting]]
+        acted = np.asarray(policy.act(obs[acting], reward[acting]), dtype=space.dtype)
+        if acted.shape != (len(acting), *space.shape):
+            raise ValueError(f"policy.act returned actions of shape {acted.shape}, "
+                             f"expected {(len(acting), *space.shape)}")
+        action[acting] = acted
         obs, reward, _, _, info = envs.step(action)
         reward = np.where(live, reward, 0.0)
         ret += reward

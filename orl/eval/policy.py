@@ -15,7 +15,11 @@ class Policy(Protocol):
 
     ``reset`` starts new episodes in all ``num_envs`` envs. A policy may also take
     ``reset(num_envs, tasks=[...])`` (one task name per env); the evaluator passes ``tasks`` only
-    to policies whose ``reset`` has that parameter.
+    to policies whose ``reset`` has that parameter. A policy with a ``keep(rows)`` method is
+    told when envs finish their episodes: ``rows`` are the indices (ascending, into the envs it
+    acted for so far) of those still playing, and later ``act`` calls get only their
+    observations, in that order (see :func:`keeps_rows`). Without it, ``act`` gets every env's
+    observation until the episodes of all are over.
     """
 
     def reset(self, num_envs: int) -> None:
@@ -40,3 +44,8 @@ def accepts_tasks(policy: Policy) -> bool:
     """Whether ``policy.reset`` has a ``tasks`` parameter (or ``**kwargs``)."""
     params = inspect.signature(policy.reset).parameters.values()
     return any(p.name == "tasks" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def keeps_rows(policy: Policy) -> bool:
+    """Whether ``policy`` can drop the envs that finished their episodes (``keep(rows)``)."""
+    return callable(getattr(policy, "keep", None))

@@ -122,8 +122,8 @@ def test_matches_slow_sampler_style_reference(variant):
         if variant == "masks":
             kwargs["route_fn"] = lambda task: Route(mask=task)
             extra = lambda task: {"route": Route(mask=task)}
-        else:  # a route from the window: here the mask of the opposite task
-            kwargs["context_route"] = lambda raw, valid: Route(mask=torch.tensor([0, 1, 0]))
+        else:  # a route from the window: the mask of the opposite task (obs[0] > 0: task 0)
+            kwargs["context_route"] = lambda raw, valid: Route(mask=(raw[:, -1, 0] > 0).long())
             extra = lambda task: {"route": Route(mask=1 - task)}
     elif variant == "multi_task":
         model = make_model(num_tasks=2, num_action_heads=2)
@@ -145,8 +145,57 @@ def test_matches_slow_sampler_style_reference(variant):
     reward = np.zeros(len(envs))
     for _ in range(2 * K + 1):  # past the point where the window slides
         obs = rng.normal(size=(len(envs), OBS)).astype(np.float32)
+        obs[:, 0] = np.where(np.array(envs) == 0, 1.0, -1.0) * (1.0 + np.abs(obs[:, 0]))
         np.testing.assert_allclose(policy.act(obs, reward), reference.act(obs, reward), atol=1e-5)
         reward = rng.normal(size=len(envs))
+
+
+@pytest.mark.parametrize("variant", ["single", "multi_task", "prompt", "masks", "context_route"])
+def test_envs_dropped_by_keep_leave_the_others_acting_as_before(variant):
+    """``keep`` before the first step, before the window is full and after it slides: the kept
+    envs' actions are those of the reference that plays every env throughout."""
+    mean, std = task_stats()
+    envs, tasks = [1, 0, 1, 0], ["b", "a", "b", "a"]
+    kwargs = dict(state_mean=mean, state_std=std, target_return=[50.0, 80.0], task_names=TASKS)
+    model, extra = make_model(), (lambda task: {})
+    if variant == "single":
+        envs, tasks = [0, 0, 0, 0], None
+        kwargs = dict(state_mean=mean[0], state_std=std[0], target_return=50.0)
+    elif variant == "multi_task":
+        model = make_model(num_tasks=2, num_action_heads=2)
+        kwargs |= dict(use_task_embedding=True, action_head=[1, 0])
+        extra = lambda task: {"task": torch.tensor([task]), "head": 1 - task}
+    elif variant == "prompt":
+        model = make_model(prompt_len=2)
+        prompt = make_prompt(model)
+        kwargs["prompt"] = prompt
+        extra = lambda task: {"prompt": {k: v[task][None] for k, v in prompt.items()}}
+    else:
+        set_random_masks(model)
+        if variant == "masks":
+            kwargs["route_fn"] = lambda task: Route(mask=task)
+            extra = lambda task: {"route": Route(mask=task)}
+        else:
+            kwargs["context_route"] = lambda raw, valid: Route(mask=(raw[:, -1, 0] > 0).long())
+            extra = lambda task: {"route": Route(mask=1 - task)}
+    policy = DTPolicy(model, rtg_scale=20.0, **kwargs)
+    reference = SlowReference(model, mean, std, kwargs["target_return"] if tasks else [50.0],
+                              20.0, envs, extra)
+    policy.reset(len(envs), tasks=tasks)
+    rng = np.random.default_rng(3)
+    drops = {0: [0, 1, 2], 2: [0, 2], K + 2: [1]}  # rows of the envs acted for so far
+    playing = np.arange(len(envs))
+    reward = np.zeros(len(envs))
+    for step in range(2 * K + 1):
+        if step in drops:
+            policy.keep(np.array(drops[step]))
+            playing = playing[drops[step]]
+        obs = rng.normal(size=(len(envs), OBS)).astype(np.float32)
+        obs[:, 0] = np.where(np.array(envs) == 0, 1.0, -1.0) * (1.0 + np.abs(obs[:, 0]))
+        expected = reference.act(obs, reward)[playing]
+        np.testing.assert_allclose(policy.act(obs[playing], reward[playing]), expected, atol=1e-5)
+        reward = rng.normal(size=len(envs))
+    assert playing.tolist() == [2]
 
 
 def test_tasks_mixed_in_one_batch_act_as_if_alone():
@@ -211,3 +260,19 @@ def test_evaluate_with_dt_policy_on_two_metaworld_tasks():
     result = evaluate(policy, tasks, episodes=2, num_envs=2, max_steps=6, progress=False)
     assert [t.task for t in result.tasks] == tasks
     assert all(t.lengths.tolist() == [6, 6] for t in result.tasks)
+
+
+def test_eval_mode_switches_dropout_off_and_restores_each_modules_mode():
+    from orl.agents.policy import eval_mode
+
+    model = make_model()
+    frozen = model.transformer
+    frozen.eval()  # a part kept in eval mode while the rest trains
+    training = {name for name, m in model.named_modules() if m.training}
+    assert training and len(training) < len(list(model.modules()))
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert {name for name, m in model.named_modules() if m.training} == training
+    with pytest.raises(RuntimeError), eval_mode(model):
+        raise RuntimeError
+    assert {name for name, m in model.named_modules() if m.training} == training

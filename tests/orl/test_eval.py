@@ -366,6 +366,45 @@ def test_an_env_pool_gives_the_results_of_fresh_envs_and_makes_each_env_once(mon
     assert pool._free == {}
 
 
+class KeepingExpert(ShakyExpert):
+    """``ShakyExpert`` that drops finished envs (``keep``) and records its batch sizes."""
+
+    waves: ClassVar[list[list[int]]]
+
+    def reset(self, num_envs: int, tasks: list[str]) -> None:
+        super().reset(num_envs, tasks)
+        self.waves = [*getattr(self, "waves", []), []]
+
+    def keep(self, rows: np.ndarray) -> None:
+        assert (np.diff(rows) > 0).all() and rows.max() < len(self.experts)
+        self.experts = [self.experts[i] for i in rows]
+
+    def act(self, obs: np.ndarray, reward: np.ndarray) -> np.ndarray:
+        assert len(obs) == len(reward) == len(self.experts)
+        self.waves[-1].append(len(obs))
+        return super().act(obs, reward)
+
+
+def test_a_policy_that_keeps_rows_acts_only_for_envs_still_playing():
+    """Episodes end at different steps (first success; a wave with an idle env): a policy with
+    ``keep`` gets only the envs still playing, and the results are those of one without it."""
+    kw = dict(episodes=3, num_envs=2, max_steps=60, seed=5, progress=False, stop_on_success=True)
+    keeping = KeepingExpert()
+    kept = evaluate(keeping, FAST_TASKS, **kw)
+    full = evaluate(ShakyExpert(), FAST_TASKS, **kw)
+    for a, b in zip(kept.tasks, full.tasks, strict=True):
+        assert a.returns.tolist() == b.returns.tolist() and a.lengths.tolist() == b.lengths.tolist()
+        assert np.array_equal(a.successes, b.successes, equal_nan=True)
+    lengths = np.array([t.lengths for t in full.tasks])  # (task, episode)
+    assert len(set(lengths[:, :2].flat)) > 1  # the first wave's episodes end at different steps
+    # wave w plays episodes 2w, 2w + 1 of each task (the last wave: one, beside an idle env);
+    # at step s the policy acts for the envs whose episode is longer than s
+    for w, sizes in enumerate(keeping.waves):
+        played = lengths[:, 2 * w: 2 * w + 2].flatten()
+        assert sizes == [int((played > step).sum()) for step in range(played.max())]
+    assert len(keeping.waves) == 2
+
+
 def test_an_env_pool_closes_envs_after_a_failure_and_refuses_rendering():
     class Broken(ExpertPolicy):
         def act(self, obs, reward):

@@ -6,8 +6,9 @@ env, the run's eval options: OCW10's study ends episodes at their first success)
 round: with the policy acting for every env until the wave's last episode ends (what
 ``evaluate`` did before policies could ``keep`` rows) and with the finished envs dropped. Rounds
 alternate so that load from other processes hits both alike; medians are reported, with the
-time spent in ``act`` and the success rates of both (equal up to float rounding of batched
-matrix products: a changed action can change an episode).
+time spent in ``act``, the success rates of both and whether every episode's return and length
+are the same in both (they could differ by the float rounding of batched matrix products of
+other shapes: a changed action changes the episode).
 
     OMP_NUM_THREADS=1 python bench/eval_finished_envs.py RUN_DIR [--stages 2] [--rounds 3]
 """
@@ -77,6 +78,9 @@ def main() -> None:
         for name, keep_rows in (("every env", False), ("finished dropped", True)):
             results[name].append(timed_evaluation(keep_rows))
     run.env_pool.close()
+    every, dropped = (runs[0][2] for runs in results.values())
+    same = all(a.returns.tolist() == b.returns.tolist() and a.lengths.tolist() == b.lengths.tolist()
+               for a, b in zip(every.tasks, dropped.tasks, strict=True))
     print(f"{args.run_dir.name}: stages 0-{args.stages - 1} ({', '.join(envs)}), {episodes} "
           f"episodes each, {cfg.eval.rollout_options()}, {args.rounds} rounds, medians:")
     for name, runs in results.items():
@@ -86,6 +90,7 @@ def main() -> None:
         success = ", ".join(f"{t.success_rate:.2f}" for t in result.tasks)
         print(f"  {name:>16}: {seconds:6.1f} s, act {act:5.1f} s, {result.env_steps} env steps, "
               f"success {success}")
+    print(f"  every episode's return and length identical in both: {'yes' if same else 'no'}")
 
 
 if __name__ == "__main__":

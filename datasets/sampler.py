@@ -73,6 +73,7 @@ class SegmentBatch:
     # the one task of every sample when the sampler drew the batch from a single task (round
     # robin, or a task asked for): known on the host, so no device sync is needed to find it
     task_id: int | None = None
+    start: torch.Tensor | None = None  # (B,) int64 store step each segment starts at (its identity)
 
     def to(self, device: torch.device | str) -> SegmentBatch:
         """A copy with every tensor on ``device``."""
@@ -327,7 +328,7 @@ class SegmentSampler:
                 self.prompt_first[prompt_episodes], self.config.prompt_len
             )
             batch |= {f"prompt_{name}": prompt[name] for name in PROMPT_FIELDS}
-        return SegmentBatch(**batch)
+        return SegmentBatch(**batch, start=self.steps.tensor(starts))
 
     def best_prompts(self) -> dict[str, torch.Tensor]:
         """Each task's evaluation prompt: the prompt window of its best-return episode (the

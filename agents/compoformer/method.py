@@ -17,7 +17,9 @@ Compose or grow, for each task after the first:
    pair to the action; the query/key maps keep what the warm-up taught them.
 
 The frozen earlier modules run without gradients; with dropout (Grow) or in eval mode (Prune)
-as in the released code, unless ``frozen_dropout`` says otherwise.
+as in the released code, unless ``frozen_dropout`` says otherwise. In eval mode they give a
+training segment the same features at every step, so a stage's training computes them once
+for every segment of its data (:class:`FrozenFeatures`) instead of at every step.
 
 The first task always grows (the backbone itself for Grow) and acts through the DT's action
 head, as there is nothing to compose. All tasks' modules and heads are
@@ -30,6 +32,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
 
 #: Initial query/key maps give logits of about INIT_SHARPNESS * cosine(e_t, e_j).
 INIT_SHARPNESS = 8.0
+#: Segments per forward pass when the frozen modules' features of a stage's data are computed.
+FEATURE_CHUNK = 64
 
 
 def stage_descriptions(stages: list[Stage]) -> list[str]:
@@ -94,6 +99,9 @@ class CompoFormer(Method):
         self.frozen_dropout = (self.variant == "grow" if cfg.frozen_dropout is None
                                else cfg.frozen_dropout)
         self.phase = "train"  # or "warmup"
+        # the frozen modules' features of every segment of the stage's data (module ->
+        # (segments, K, D), row = start step), while a stage trains with FrozenFeatures
+        self.frozen_features: dict[int, torch.Tensor] | None = None
         embeddings = torch.as_tensor(embed_descriptions(stage_descriptions(stages)))
         self.register_buffer("embeddings", embeddings)
         # source[t]: t if task t grew, the reused task if it composed, -1 before its stage
@@ -133,11 +141,13 @@ class CompoFormer(Method):
         return self.module.route(task)
 
     def module_features(self, agent: ContinualAgent, inputs: tuple[torch.Tensor | None, ...],
-                        rows: dict[int, torch.Tensor], last_only: bool = False
-                        ) -> dict[int, torch.Tensor]:
+                        rows: dict[int, torch.Tensor], last_only: bool = False,
+                        starts: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
         """State-token features of rows ``rows[i]`` of ``inputs`` through module ``i``, for
         every ``i``: one forward pass for all frozen modules (a route per sample), and one that
-        keeps its graph for the module in training."""
+        keeps its graph for the module in training. ``starts``: the segments' start steps in
+        the stage's data, when the inputs are a training batch (the frozen modules' features
+        are then looked up, if ``frozen_features`` holds them)."""
         learning = agent.stage if agent.training and self.phase == "train" else None
         out = {}
         if learning in rows:
@@ -145,7 +155,10 @@ class CompoFormer(Method):
             out[learning] = agent.model.encode(*picked, route=self.route(learning),
                                                last_only=last_only)
         frozen = [i for i in rows if i != learning]
-        if frozen:
+        known = self.frozen_features or {}
+        if frozen and starts is not None and not last_only and all(i in known for i in frozen):
+            out |= {i: known[i][starts[rows[i]]] for i in frozen}
+        elif frozen:
             index = torch.cat([rows[i] for i in frozen])
             route = torch.cat([torch.full_like(rows[i], i) for i in frozen])
             with torch.no_grad(), nullcontext() if self.frozen_dropout else eval_mode(agent.model):
@@ -155,7 +168,10 @@ class CompoFormer(Method):
         return out
 
     def actions(self, agent: ContinualAgent, inputs: tuple[torch.Tensor, ...],
-                task: int | torch.Tensor, last_only: bool = False) -> torch.Tensor:
+                task: int | torch.Tensor, last_only: bool = False,
+                starts: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions of ``task`` (see :meth:`Method.actions`); ``starts``: as in
+        :meth:`module_features`."""
         size = len(inputs[0])
         task = torch.full((size,), task, device=inputs[0].device) if isinstance(task, int) else task
         plays = {j: self.acts_as(j) for j in torch.unique(task).tolist()}
@@ -165,7 +181,7 @@ class CompoFormer(Method):
             for i in {s, *self.grown_before(s)}:
                 needs.setdefault(i, []).append(task_rows[j])
         rows = {i: torch.cat(parts) for i, parts in needs.items()}
-        found = self.module_features(agent, inputs, rows, last_only)
+        found = self.module_features(agent, inputs, rows, last_only, starts)
         # every module's features at their batch positions (rows not needed stay zero)
         features = {i: found[i].new_zeros(size, *found[i].shape[1:]).index_copy(0, rows[i], found[i])
                     for i in found}
@@ -205,9 +221,11 @@ class CompoFormer(Method):
 
     # --------------------------------------------------------------- training
     def loss(self, agent: ContinualAgent, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if self.phase == "train":
-            return super().loss(agent, batch)
         inputs = (batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
+        if self.phase == "train":
+            predicted = self.actions(agent, inputs, agent.head_of(batch.task), starts=batch.start)
+            mse = action_mse(predicted, batch)
+            return mse, {"action_mse": mse.detach()}
         earlier = self.grown_before(agent.stage)
         with torch.no_grad():
             policies = self.grown_actions(agent, inputs, earlier)
@@ -223,7 +241,29 @@ class CompoFormer(Method):
         return self.module.stage_parameters(agent, stage) + list(self.heads[stage].parameters())
 
     def callbacks(self, agent: ContinualAgent) -> list[Callback]:
-        return [] if self.phase == "warmup" else self.module.callbacks(agent)
+        if self.phase == "warmup":
+            return []
+        cache = [] if self.frozen_dropout else [FrozenFeatures(self, agent)]
+        return self.module.callbacks(agent) + cache
+
+    @torch.no_grad()
+    def compute_frozen_features(self, agent: ContinualAgent, sampler: Any) -> None:
+        """``frozen_features``: every earlier grown module's features of every segment of
+        ``sampler``'s data (segment ``s`` starts at step ``s``), in fixed chunks of segments, so
+        a resumed stage gets the same values as an uninterrupted one."""
+        modules = self.grown_before(agent.stage)
+        self.frozen_features = None
+        if not modules:
+            return
+        parts: dict[int, list[torch.Tensor]] = {i: [] for i in modules}
+        for first in range(0, sampler.store.num_steps, FEATURE_CHUNK):
+            batch = sampler.segments(np.arange(first, min(first + FEATURE_CHUNK,
+                                                          sampler.store.num_steps)))
+            inputs = (batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
+            rows = {0: torch.arange(len(batch.states), device=batch.states.device)}
+            for i in modules:  # one module at a time: its own mask or adapter, no gathers
+                parts[i].append(self.module_features(agent, inputs, {i: rows[0]})[i])
+        self.frozen_features = {i: torch.cat(chunks) for i, chunks in parts.items()}
 
     def added_parameters(self, agent: ContinualAgent, stage: int) -> int:
         """None for a composed task; a grown one adds its module's entries (adapter or kept
@@ -265,3 +305,19 @@ class CompoFormer(Method):
             runner.phase_done(stage, "decide")
         if not composed:
             runner.train_phase(stage, "train")
+
+
+class FrozenFeatures(Callback):
+    """While a stage trains, the frozen earlier modules' features of all its segments, computed
+    at the start (also after a resume) and released at the end: the frozen modules run in eval
+    mode and their parameters do not change, so each segment's features are the same at every
+    step; looking them up replaces a forward pass of every earlier module at every step."""
+
+    def __init__(self, method: CompoFormer, agent: ContinualAgent) -> None:
+        self.method, self.agent = method, agent
+
+    def on_train_start(self, trainer: Any) -> None:
+        self.method.compute_frozen_features(self.agent, trainer.sampler)
+
+    def on_train_end(self, trainer: Any) -> None:
+        self.method.frozen_features = None

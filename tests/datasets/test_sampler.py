@@ -128,6 +128,7 @@ def test_sample_shapes_dtypes_and_drawn_starts():
         assert getattr(batch, name).dtype == torch.float32, name
     assert batch.timesteps.dtype == torch.int64 and batch.mask.dtype == torch.bool
     assert batch.task.shape == (32,) and batch.task.dtype == torch.int64
+    assert batch.start.tolist() == starts.tolist()  # each segment's identity: its start step
     assert batch.prompt_states is None and batch.prompt_mask is None
     assert_batches_equal(batch.to("cpu"), batch)
 

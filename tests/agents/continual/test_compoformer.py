@@ -156,6 +156,58 @@ def test_frozen_modules_run_with_dropout_as_the_released_code(variant, options, 
     assert all(module.training for module in agent.modules())
 
 
+@pytest.mark.parametrize("variant, options, cached", [
+    ("prune", {}, True), ("grow", {}, False), ("grow", {"frozen_dropout": False}, True),
+])
+def test_training_looks_up_each_segments_frozen_features(toys, tmp_path, monkeypatch, variant,
+                                                         options, cached):
+    """With the frozen modules in eval mode, a stage computes their features of every segment
+    of its data once (FrozenFeatures); a training loss then runs only the module in training,
+    with the loss of the step-by-step computation. With dropout in the frozen modules there
+    is nothing to keep."""
+    from types import SimpleNamespace
+
+    from orl.agents.compoformer.method import FrozenFeatures
+
+    envs = ["ToySignPlus-v0", "ToySignMinus-v0", "ToySignPlus-v0"]
+    cfg, agent, samplers = toys.tiny_agent(tmp_path, envs, f"compoformer_{variant}", **options)
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    method, sampler = agent.method, samplers[2]
+    method.source[:] = torch.arange(3)  # every task grows
+    agent.start_stage(2)
+    agent.train()
+    callbacks = [c for c in method.callbacks(agent) if isinstance(c, FrozenFeatures)]
+    assert len(callbacks) == cached
+    if not cached:
+        return
+    callbacks[0].on_train_start(SimpleNamespace(sampler=sampler))
+    features = method.frozen_features
+    assert sorted(features) == [0, 1]
+    for start in range(sampler.store.num_steps):  # slow reference: one segment at a time
+        segment = sampler.segments(np.array([start]))
+        inputs = (segment.states, segment.actions, segment.returns_to_go, segment.timesteps,
+                  segment.mask)
+        with torch.no_grad():
+            alone = method.module_features(agent, inputs, dict.fromkeys([0, 1], torch.tensor([0])))
+        for i in (0, 1):
+            torch.testing.assert_close(features[i][start], alone[i][0], rtol=1e-5, atol=1e-6)
+    calls = []
+    encode = agent.model.encode
+    monkeypatch.setattr(agent.model, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    batch = sampler.sample()
+    looked_up, _ = method.loss(agent, batch)
+    assert len(calls) == 1  # the module in training alone
+    method.frozen_features = None
+    computed, _ = method.loss(agent, batch)
+    assert len(calls) == 3  # and a forward of the frozen ones
+    torch.testing.assert_close(looked_up, computed, rtol=1e-5, atol=1e-7)
+    method.frozen_features = features
+    callbacks[0].on_train_end(None)
+    assert method.frozen_features is None
+
+
 def test_task_heads_are_the_released_final_head():
     head = compoformer_agent(SEQUENCE[:2]).method.heads[0]  # a 16-d DT, 4-d actions
     assert [type(m) for m in head] == [torch.nn.Linear, torch.nn.GELU, torch.nn.LayerNorm,

@@ -140,11 +140,14 @@ def final_weights(run):
     return load_file(last_snapshot(run) / "model.safetensors")
 
 
-@pytest.mark.parametrize("kill_after", [(0, "end"), (1, "decide")])
-def test_run_resumed_after_a_stage_is_bit_identical(toys, tmp_path, monkeypatch, kill_after):
+@pytest.mark.parametrize("method, kill_after", [("compoformer_grow", (0, "end")),
+                                               ("compoformer_grow", (1, "decide")),
+                                               ("compoformer_prune", (1, "decide"))])
+def test_run_resumed_after_a_stage_is_bit_identical(toys, tmp_path, monkeypatch, method, kill_after):
     """Killed at a boundary after stage 0 and resumed in a fresh start, a run with dropout (which
-    draws from the global RNG) ends with the weights of the run that was never stopped."""
-    config = toys.tiny_config(tmp_path, [PLUS, MINUS], "compoformer_grow")
+    draws from the global RNG) ends with the weights of the run that was never stopped (Prune:
+    also with the frozen module's features computed afresh by the resumed process)."""
+    config = toys.tiny_config(tmp_path, [PLUS, MINUS], method)
     args = ["--config", str(config), "model.dropout=0.2", "train.eval_every=0"]
     assert train_agent_main([*args, "run.name=whole"]) == 0
     original = ContinualRun.phase_done

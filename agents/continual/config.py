@@ -49,7 +49,8 @@ class ContinualConfig:
     reference: str = ""  # a stage name: train only that stage (a single-task reference run)
     curve_tasks: str = "all"  # all | current: tasks evaluated every train.eval_every steps
     matrix_tasks: str = "all"  # all | seen: tasks evaluated at the end of each stage
-    final_episodes: int = 0  # > 0: after the last stage every task again, with this many episodes
+    final_episodes: int = 0  # > 0: after the last stage every task again, with this many
+    # episodes: the last row of the success matrix (the last stage's end evaluates its task only)
     reg_coef: float | None = None  # l2 / ewc / mas penalty weight (None: DEFAULT_REG_COEF)
     importance_samples: int = 64  # ewc / mas: per-sample gradients at the end of a stage
     lora_rank: int = 8  # lora, compoformer_grow: adapter of each task on the attention QKV

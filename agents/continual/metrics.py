@@ -64,10 +64,11 @@ def finished_rows(matrix: np.ndarray) -> int:
 
 def sequence_matrix(matrix: np.ndarray | Sequence, final: Sequence[float] | None) -> np.ndarray:
     """Success matrix ``R`` whose last row is ``final``, the evaluation of every task after the
-    sequence (``continual.final_episodes``), when the run has one and finished every stage;
-    ``matrix`` (None -> NaN) as it is otherwise."""
+    sequence (``continual.final_episodes``), when the run has one and finished every stage
+    before the last (the run evaluates ``final`` after the last, whose own row then holds only
+    the last task's curve point); ``matrix`` (None -> NaN) as it is otherwise."""
     out = np.array(matrix, dtype=float)
-    if final is not None and finished_rows(out) == len(out):
+    if final is not None and finished_rows(out) >= len(out) - 1:
         if len(final) != len(out):
             raise ValueError(f"final evaluation has {len(final)} tasks, the success matrix {len(out)}")
         out[-1] = np.asarray(final, dtype=float)

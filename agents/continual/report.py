@@ -79,7 +79,7 @@ def continual_record(results: dict[str, Any]) -> dict[str, Any]:
     def plain(values: np.ndarray) -> list[Any]:
         return [None if np.isnan(v) else float(v) for v in values]
 
-    n = finished_rows(results["matrix"])
+    n = finished_rows(sequence_matrix(results["matrix"], results["final"]))
     return {"stages": results["names"], "envs": results["envs"],
             "before": plain(results["before"]), "matrix": [plain(row) for row in results["matrix"]],
             "curves": [own_stage_curve(results, i) for i in range(n)], "final": results["final"],
@@ -115,13 +115,13 @@ def report(run_dir: Path, references: list[Path] = (), logger: Any = None,
 
     run_dir = Path(run_dir)
     results = load_results(run_dir)
-    results["matrix"] = sequence_matrix(results["matrix"], results["final"])  # table and plots
-    matrix, before = results["matrix"], results["before"]
-    out: dict[str, Any] = {"stages": results["names"], "before": before.tolist(),
+    matrix = sequence_matrix(results["matrix"], results["final"])
+    out: dict[str, Any] = {"stages": results["names"], "before": results["before"].tolist(),
                            "matrix": matrix.tolist(), "notes": results["notes"]}
     if finished_rows(matrix):
         out |= continual_metrics(results, reference_curves(list(references)) if references else None)
     write_json(run_dir / "report.json", out)
+    results = results | {"matrix": matrix}  # the table and plots show R with the final row
     plots = write_plots(run_dir, results)
     if not quiet:
         print_table(results, out)
@@ -192,9 +192,10 @@ def write_plots(run_dir: Path, results: dict[str, Any]) -> list[Path]:
 
     evaluations = sorted(results["evaluations"], key=lambda e: e["position"])
     fig, ax = plt.subplots(figsize=(8, 4))
-    x = [0.0, *(e["position"] for e in evaluations)]
+    final = results["final"] or []  # after the sequence: the curves' last point
+    x = [0.0, *(e["position"] for e in evaluations), *([float(t)] if final else [])]
     for j, name in enumerate(names):
-        y = [results["before"][j], *(e["success"][j] for e in evaluations)]
+        y = [results["before"][j], *(e["success"][j] for e in evaluations), *final[j:j + 1]]
         ax.plot(x, y, label=name, linewidth=1)
     for boundary in range(1, t):
         ax.axvline(boundary, color="grey", linewidth=0.5, linestyle=":")

@@ -194,6 +194,12 @@ class ContinualRun:
         with ``continual.matrix_tasks: seen`` those trained so far and the next."""
         return stage + 2 if self.cfg.continual.matrix_tasks == "seen" else None
 
+    def final_replaces_row(self, stage: int) -> bool:
+        """Whether the evaluation after the sequence (``continual.final_episodes``) is the row
+        of the success matrix after ``stage`` (the last): the end of that stage then evaluates
+        only what its curves need."""
+        return stage == len(self.stages) - 1 and self.cfg.continual.final_episodes > 0
+
     def success_of(self, stage: int, episodes: int) -> float:
         """Success rate of stage ``stage``'s task in ``episodes`` episodes."""
         return float(self.evaluate_group([stage], episodes)[0])
@@ -216,13 +222,15 @@ class ContinualRun:
 
     def record(self, stage: int, phase: str, step: int, steps: int) -> dict[str, float]:
         """Evaluate the tasks and record them as point ``stage + step / steps`` of the curves:
-        the tasks of a matrix row at the end of a phase (``row_stages``), before it every task
-        or, with ``continual.curve_tasks: current``, the stage's own task (the others NaN)."""
-        if step < steps and self.cfg.continual.curve_tasks == "current":
+        the tasks of a matrix row at the end of a phase (``row_stages``; not for the last stage
+        when the evaluation after the sequence is its row), else every task or, with
+        ``continual.curve_tasks: current``, the stage's own task (the others NaN)."""
+        row = step == steps and not self.final_replaces_row(stage)
+        if not row and self.cfg.continual.curve_tasks == "current":
             success = np.full(len(self.stages), np.nan)
             success[stage] = self.success_of(stage, self.cfg.eval.episodes)
         else:
-            success = self.evaluate_all(stages=self.row_stages(stage) if step == steps else None)
+            success = self.evaluate_all(stages=self.row_stages(stage) if row else None)
         key = (stage, phase, step)
         self.state["evaluations"] = [e for e in self.state["evaluations"]
                                      if (e["stage"], e["phase"], e["step"]) != key]

@@ -58,8 +58,12 @@ def test_the_evaluation_after_the_sequence_is_the_last_row():
     assert metrics["forward_transfer"] == summarize(R, B).forward_transfer  # off-diagonal rows kept
     assert record_metrics({**record, "final": None}) == record_metrics({**record, "final": None,
                                                                         "matrix": R.tolist()})
-    unfinished = [*R[:2].tolist(), [None] * 3]  # no final row to replace: R as it is
-    assert np.isnan(sequence_matrix(unfinished, final)[2]).all()
+    # the last stage's own row holds only its curve point; the final row replaces it
+    last_point = [*R[:2].tolist(), [None, None, 0.7]]
+    assert sequence_matrix(last_point, final).tolist() == [*R[:2].tolist(), final]
+    assert record_metrics({**record, "matrix": last_point}) == metrics
+    unfinished = [R[0].tolist(), [None] * 3, [None] * 3]  # stages left: R as it is
+    assert np.isnan(sequence_matrix(unfinished, final)[1:]).all()
     with pytest.raises(ValueError, match="final evaluation has 2 tasks, the success matrix 3"):
         sequence_matrix(R, final[:2])
 

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from orl.agents.continual.config import ContinualConfig
-from orl.agents.continual.report import load_results, own_stage_curve
+from orl.agents.continual.report import continual_metrics, continual_record, load_results, own_stage_curve
 from orl.agents.continual.runner import ContinualRun
 from orl.api import load_trained_agent
 from orl.cli import main as orl_main
@@ -215,3 +215,32 @@ def test_matrix_rows_of_the_seen_tasks_and_the_next(toys, tmp_path, capsys):
     assert report["forward_transfer"] == pytest.approx((m[0][1] - b[1] + m[1][2] - b[2]) / 2)
     with pytest.raises(ValueError, match="matrix_tasks must be all or seen"):
         ContinualConfig(matrix_tasks="some")
+
+
+def test_evaluation_after_the_sequence_replaces_the_last_row(toys, tmp_path, capsys):
+    """continual.final_episodes: the end of the last stage evaluates only its own task (its
+    curve's last point), the evaluation after the sequence is the last row; with as many
+    episodes as a stage's the report, the record and the plots equal a run without it, whose
+    last stage evaluated the whole row."""
+    envs, seen = [PLUS, MINUS, PLUS], {"matrix_tasks": "seen", "curve_tasks": "current"}
+    runs = {}
+    for name, final in (("row", 0), ("final", 2)):
+        config = toys.tiny_config(tmp_path, envs, "finetune", final_episodes=final, **seen)
+        assert train_agent_main(["--config", str(config), f"run.name={name}"]) == 0
+        runs[name] = tmp_path / "runs" / name
+    state = json.loads((runs["final"] / "continual.json").read_text())
+    evaluated = [[j for j, v in enumerate(row) if v == v] for row in state["rows"]]
+    assert evaluated == [[0, 1], [0, 1, 2], [2]] and len(state["final"]) == 3
+    last = [e for e in state["evaluations"] if e["stage"] == 2]
+    assert all([j for j, v in enumerate(e["success"]) if v == v] == [2] for e in last)
+    reports = {}
+    for name, run in runs.items():
+        capsys.readouterr()
+        assert orl_main(["report", str(run)]) == 0
+        assert "3/3 stages done" in capsys.readouterr().out
+        reports[name] = json.loads((run / "report.json").read_text())
+        assert len(continual_record(load_results(run))["curves"]) == 3
+    assert reports["final"] == reports["row"]
+    assert reports["final"]["matrix"][2] == state["final"]
+    assert (continual_metrics(load_results(runs["final"]))
+            == continual_metrics(load_results(runs["row"])))

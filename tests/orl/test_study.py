@@ -588,3 +588,26 @@ def test_a_conditions_interval_does_not_depend_on_the_others():
     both = bootstrap({"b": b, "a": a}, mean, 200, 0)
     assert both[0]["a"] == alone[0]["a"]
     np.testing.assert_array_equal(both[1]["a"], alone[1]["a"])
+
+
+@pytest.mark.parametrize("shape_x, shape_y", [((5, 10), (5, 10)), ((3, 4), (7, 4)), ((1, 2), (2, 2))])
+def test_report_iqm_and_improvement_equal_rliables(shape_x, shape_y):
+    """The report's numpy IQM and probability of improvement against rliable's scipy-based
+    ones, on success rates with many ties (and identical samples, where P is one half)."""
+    from rliable import metrics
+
+    from orl.study.report import iqm, iqm_per_point, probability_of_improvement
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 6, shape_x) / 5
+    y = rng.integers(0, 6, shape_y) / 5
+    for a in (x, y, rng.uniform(size=(5, 3))):
+        assert iqm(a.ravel()) == pytest.approx(metrics.aggregate_iqm(a), abs=1e-12)
+    assert probability_of_improvement(x, y) == pytest.approx(
+        metrics.probability_of_improvement(x, y), abs=1e-12)
+    assert probability_of_improvement(y, x) == pytest.approx(
+        metrics.probability_of_improvement(y, x), abs=1e-12)
+    assert probability_of_improvement(x, x) == 0.5
+    curves = rng.integers(0, 6, (*shape_x, 4)) / 5  # runs x tasks x points
+    np.testing.assert_allclose(iqm_per_point(curves),
+                               [metrics.aggregate_iqm(curves[..., i]) for i in range(4)], atol=1e-12)

@@ -437,6 +437,40 @@ def test_overlapping_conditions_are_not_separated(tmp_path):
     assert pair["low"] < 0.5 < pair["high"] and pair["verdict"] == "not separated at this budget"
 
 
+def test_a_verdict_must_hold_for_every_bootstrap_seed(monkeypatch):
+    """A pair whose lower bound crosses 0.5 from one bootstrap seed to the next is on the edge,
+    not a win; the CI shown is the report's seed's."""
+    from orl.study import report as rep
+
+    lows, seeds = iter([0.502, 0.502, 0.498, 0.502, 0.504]), []
+
+    def scripted(score_dict, func, reps, seed):
+        seeds.append(seed)
+        return {"pair": 0.6}, {"pair": np.array([[next(lows)], [0.7]])}
+
+    monkeypatch.setattr(rep, "bootstrap", scripted)
+    finals = {"a": np.ones((5, 1)), "b": np.zeros((5, 1))}
+    scores = rep.Scores(tasks=["t"], tasks_of={"a": ["t"], "b": ["t"]}, finals=finals)
+    (pair,) = rep.improvement(scores, [("a", "b")], reps=100, seed=3)
+    assert seeds == [3, 4, 5, 6, 7]
+    assert (pair["low"], pair["high"], pair["low_over_seeds"]) == (0.502, 0.7, [0.498, 0.504])
+    assert pair["verdict"] == ("on the edge: not separated at this budget (lower bound 0.498 to "
+                               "0.504 over the bootstrap's seeds)")
+
+
+@pytest.mark.parametrize("bounds, verdict", [
+    ([(0.51, 0.7), (0.52, 0.7)], "a beats b"),
+    ([(0.3, 0.45), (0.3, 0.49)], "b beats a"),
+    ([(0.4, 0.6), (0.45, 0.55)], "not separated at this budget"),
+    ([(0.3, 0.49), (0.3, 0.501)], "on the edge: not separated at this budget (upper bound 0.490 to "
+                                   "0.501 over the bootstrap's seeds)"),
+])
+def test_pair_verdict(bounds, verdict):
+    from orl.study.report import pair_verdict
+
+    assert pair_verdict("a", "b", bounds) == verdict
+
+
 def test_no_verdict_before_every_seed_is_in(tmp_path):
     path = write_study(tmp_path, seeds=[0, 1, 2, 3, 4], eval={"episodes": 2, "num_envs": 2})
     study = load_study(path)

@@ -222,8 +222,8 @@ def improvement(scores: Scores, pairs: list[tuple[str, str]], reps: int, seed: i
             out.append({"x": x, "y": y, "p": None, "verdict": waiting or "not separated at this "
                         f"budget (a CI needs at least {MIN_RUNS} runs of each)"})
             continue
-        bounds = []
-        for draw in range(seed, seed + VERDICT_SEEDS):
+        bounds = []  # a pair waiting for seeds has no verdict to check: one draw
+        for draw in range(seed, seed + (1 if waiting else VERDICT_SEEDS)):
             point, interval = bootstrap({"pair": (scores.finals[x], scores.finals[y])},
                                         probability_of_improvement, reps, draw)
             low, high = np.asarray(interval["pair"], dtype=float).ravel()[:2]

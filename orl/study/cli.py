@@ -10,6 +10,7 @@ from typing import Any
 from orl.cli import HelpFormatter
 from orl.study.places import Places
 from orl.study.progress import inherited_minutes, minutes_left, run_states, share_done
+from orl.study.report import DEFAULT_REPS, DEFAULT_SEED
 from orl.study.runner import run_local, run_one, run_ray
 from orl.study.spec import Study, load_study
 from orl.study.store import ResultsStore, split_records
@@ -102,19 +103,34 @@ def _estimate(study: Study, places: Places, rows: list[dict[str, Any]], selected
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    import tempfile
+
     from orl.study.report import report
 
     study = load_study(args.study)
     places = _places(args, study)
+    # The store's report.* and the pages' sections are the default bootstrap's: trying another seed
+    # or replication count must not rewrite the committed files.
+    default = args.seed == DEFAULT_SEED and args.reps == DEFAULT_REPS
+    if args.write_docs and not default:
+        raise ValueError(f"--write-docs writes the page's generated section, which uses the default "
+                         f"bootstrap (--seed {DEFAULT_SEED} --reps {DEFAULT_REPS}): drop --seed/--reps, "
+                         "or drop --write-docs to see this bootstrap's report")
     docs = args.docs_dir if args.write_docs else None
     logger = None
     if study.runs[0].config["run"]["logger"] == "wandb":
         logger = _report_wandb_run(study, places.results)
-    try:
-        print(report(study, places.results, docs, reps=args.reps, seed=args.seed, logger=logger))
-    finally:
-        if logger is not None:
-            logger.finish()
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.out or (places.results if default else Path(scratch))
+        try:
+            print(report(study, places.results, docs, reps=args.reps, seed=args.seed, logger=logger,
+                         out=out))
+        finally:
+            if logger is not None:
+                logger.finish()
+    if not default and args.out is None:
+        print(f"(not written: {places.results} keeps the default bootstrap's report; --out DIR keeps "
+              "this one's files)", file=sys.stderr)
     return 0
 
 
@@ -176,6 +192,9 @@ def add_study_command(commands: Any) -> None:
     rep.add_argument("--write-docs", action="store_true",
                      help="write the generated section of DOCS_DIR/<study>.md and its plots")
     rep.add_argument("--docs-dir", type=Path, default=Path("docs/results"))
-    rep.add_argument("--reps", type=int, default=5000, help="bootstrap replications")
-    rep.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    rep.add_argument("--reps", type=int, default=DEFAULT_REPS, help="bootstrap replications")
+    rep.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap")
+    rep.add_argument("--out", type=Path, default=None,
+                     help="folder for report.md, report.json and the plots (default: the study's "
+                          "store folder with the default --seed and --reps; else not written)")
     rep.set_defaults(func=_cmd_report)

@@ -35,6 +35,9 @@ RULE = ("Rule: \"A beats B\" only where the 95% CI of P(A > B) lies above 0.5, o
         "verdict yet).")
 AGGREGATES = ("mean", "median", "IQM", "optimality gap")
 MIN_RUNS = 2  # a bootstrap over runs needs two of them; with one the "interval" is a point
+# The bootstrap of the store's report (results/<study>/report.*) and of the pages' generated sections.
+DEFAULT_REPS = 5000
+DEFAULT_SEED = 0
 
 
 @dataclass
@@ -403,11 +406,11 @@ def _save(fig: Any, path: Path, atomic_path: Any, plt: Any) -> Path:
     return path
 
 
-def report(study: Study, results: Path, docs: Path | None = None, reps: int = 5000,
-           seed: int = 0, logger: Any = None) -> str:
+def report(study: Study, results: Path, docs: Path | None = None, reps: int = DEFAULT_REPS,
+           seed: int = DEFAULT_SEED, logger: Any = None, out: Path | None = None) -> str:
     """Compute the report of ``study`` from its records in ``results`` (its store folder);
-    write ``report.md``, ``report.json`` and the plots there, and into ``docs`` (the
-    ``docs/results`` folder) when given. Returns the markdown."""
+    write ``report.md``, ``report.json`` and the plots into ``out`` (default: ``results``), and
+    into ``docs`` (the ``docs/results`` folder) when given. Returns the markdown."""
     from orl.experiment import write_json
     from orl.io import atomic_path
 
@@ -420,13 +423,15 @@ def report(study: Study, results: Path, docs: Path | None = None, reps: int = 50
     table = interval_table(scores, reps, seed)
     pairs = improvement(scores, study.compared_pairs(), reps, seed, planned_runs(study))
     scalars = scalar_table(scores, reps, seed)
-    plot_dir = docs / study.name if docs is not None else results
+    out = results if out is None else out
+    plot_dir = docs / study.name if docs is not None else out
     plots = write_plots(scores, plot_dir, reps, seed, study.file.eval.score)
     relative = [f"{study.name}/{p.name}" if docs is not None else p.name for p in plots]
     text = markdown(study, scores, table, pairs, scalars, len(stale), relative)
-    with atomic_path(results / "report.md") as tmp:
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "report.md") as tmp:
         tmp.write_text(text)
-    write_json(results / "report.json", {"tasks": scores.tasks, "aggregates": table,
+    write_json(out / "report.json", {"tasks": scores.tasks, "aggregates": table,
                                          "pairs": pairs, "scalars": scalars,
                                          "stale_records": len(stale)})
     if docs is not None:

@@ -409,6 +409,30 @@ def test_a_study_can_fill_a_results_page_of_another_name(tmp_path):
     assert not (docs / "tiny.md").exists() and (docs / "tiny" / "performance_profile.png").is_file()
 
 
+def test_another_bootstrap_leaves_the_stores_report_and_the_page_alone(tmp_path, capsys):
+    path = write_study(tmp_path, eval={"episodes": 2, "num_envs": 2})
+    study = load_study(path)
+    rng = np.random.default_rng(4)
+    for record in synthetic_records(study, {"wide": rng.uniform(0, 1, (2, 3)),
+                                             "narrow": rng.uniform(0, 1, (2, 3))}):
+        store_of(tmp_path).append(record)
+    folder = store_of(tmp_path).folder
+    docs = tmp_path / "docs"
+    assert orl_main(["study", "report", str(path), "--reps", "100", "--write-docs",
+                     "--docs-dir", str(docs), *study_args(tmp_path)]) == 2
+    assert "--write-docs" in capsys.readouterr().err and not docs.exists()
+    assert orl_main(["study", "report", str(path), "--seed", "3", "--reps", "100",
+                     *study_args(tmp_path)]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.startswith("Study `tiny`") and "not written" in printed.err
+    assert not (folder / "report.md").exists() and not (folder / "report.json").exists()
+    out = tmp_path / "seed3"
+    assert orl_main(["study", "report", str(path), "--seed", "3", "--reps", "100", "--out", str(out),
+                     *study_args(tmp_path)]) == 0
+    assert (out / "report.md").read_text() in capsys.readouterr().out and (out / "report.json").is_file()
+    assert not (folder / "report.md").exists()
+
+
 def test_the_papers_numbers_are_printed_beside_the_studys(tmp_path):
     paper = {"note": "Table 1", "values": {"wide": {"mean": 0.61, "P": 0.5}, "narrow": {"IQM": 0.2}}}
     study = load_study(write_study(tmp_path, paper=paper, eval={"episodes": 2, "num_envs": 2}))

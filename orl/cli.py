@@ -93,11 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--level", nargs="+", default=["expert"],
                      help="expert, near-optimal, sub-optimal, random (several allowed)")
     gen.add_argument("--episodes", type=int, default=50, help="episodes per dataset")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=int, default=0,
+                     help="seed of the episodes (env resets and the level's action noise)")
     gen.add_argument("--benchmark-seed", type=int, default=0, help="seed of the goal variations")
     gen.add_argument("--version", type=int, default=0, help="dataset version (the -vN of the id)")
     gen.add_argument("--workers", type=int, default=0, help="worker processes (0: one per core)")
-    gen.add_argument("--episodes-per-shard", type=int, default=5)
+    gen.add_argument("--episodes-per-shard", type=int, default=5,
+                     help="episodes per work item given to a worker")
     gen.add_argument("--exist-ok", action="store_true", help="skip datasets that already exist")
     gen.add_argument("--overwrite", action="store_true", help="replace existing datasets")
     gen.add_argument("--root", type=Path, default=None, help=root_help)
@@ -118,12 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="evaluate a checkpoint (run dir or checkpoint dir) on its tasks",
         formatter_class=HelpFormatter,
     )
-    ev.add_argument("checkpoint", type=Path)
+    ev.add_argument("checkpoint", type=Path, help="a run dir (its final, else latest checkpoint; a "
+                    "continual run: the agent after its last stage) or a checkpoint dir")
     ev.add_argument("--tasks", nargs="+", default=None, help="default: the tasks it was trained on")
     ev.add_argument("--episodes", type=int, default=10, help="per task; episode i uses variation i")
     ev.add_argument("--num-envs", type=int, default=10, help="envs per task")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--vector", choices=["sync", "async"], default="sync")
+    ev.add_argument("--seed", type=int, default=0, help="episode i of a task is reset with seed SEED + i")
+    ev.add_argument("--vector", choices=["sync", "async"], default="sync",
+                    help="gymnasium vector env: one process, or one process per env")
     ev.add_argument("--max-steps", type=int, default=None,
                     help="cap on episode length, like a run's eval.max_steps (None: the env's limit)")
     ev.add_argument("--stop-on-success", action="store_true",
@@ -160,7 +164,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                       video_dir=args.video, video_episodes=args.video_episodes)
     result.print()
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_json(), indent=1))
+        from orl.experiment import write_json
+
+        write_json(Path(args.json), result.to_json())
     return 0
 
 

@@ -22,12 +22,14 @@ import json
 import math
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from orl.datasets.select.datamask import DataMaskConfig, cosine_diversity, datamask_select
 from orl.datasets.select.disf import disf_select, greedy_incremental, greedy_naive, offdiag_mass
+from orl.experiment import write_json
 
 
 def correlated_features(items: int, dim: int, rank: int = 16, seed: int = 0) -> torch.Tensor:
@@ -119,8 +121,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=1))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(Path(args.json), result)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ class RunLogger:
         if self.backend == "none":
             return
         path = self.run_dir / f"{name.replace('/', '_')}.json"
-        path.write_text(json.dumps({"step": step, "columns": columns, "rows": rows}, indent=1))
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"step": step, "columns": columns, "rows": rows}, indent=1))
         if self.wandb_run is not None:
             import wandb
 

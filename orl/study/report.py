@@ -414,6 +414,9 @@ def report(study: Study, results: Path, docs: Path | None = None, reps: int = DE
     from orl.experiment import write_json
     from orl.io import atomic_path
 
+    if reps < 1 or seed < 0:
+        raise StudyError(f"the bootstrap needs reps >= 1 and seed >= 0 (--reps, --seed), got reps={reps}, "
+                         f"seed={seed}")
     warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)  # arch, under rliable
     current, stale = split_records(ResultsStore(results).records(), study.runs)
     if not current:

@@ -200,8 +200,11 @@ def run_local(study: Study, places: Places, only: list[str] | None = None,
               workers: int | None = None, threads: int | None = None) -> list[str]:
     """Run the pending runs ``workers`` at a time (default: one per core), each in its own
     process (``orl study run-one``) with ``threads`` torch threads. Returns the failed keys."""
+    if (workers or 0) < 0 or (threads or 0) < 0:
+        raise StudyError(f"--workers and --threads must be >= 0 (0: the default), got {workers} and "
+                         f"{threads}")
     todo = pending(study, places, only)
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = workers or os.cpu_count() or 1
     threads = threads or study.file.budget.threads_per_run
     if not todo:
         print(f"study {study.name}: every selected run is recorded")

@@ -154,6 +154,18 @@ def test_bad_extends_is_a_clear_error(tmp_path, options, message):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["run", "--workers", "-1"], "--workers and --threads must be >= 0"),
+    (["run", "--threads", "-2"], "--workers and --threads must be >= 0"),
+    (["report", "--reps", "0"], "the bootstrap needs reps >= 1 and seed >= 0"),
+    (["report", "--seed", "-1"], "the bootstrap needs reps >= 1 and seed >= 0"),
+])
+def test_bad_counts_are_clear_errors(tmp_path, capsys, args, message):
+    path = write_study(tmp_path)
+    assert orl_main(["study", args[0], str(path), *args[1:], *study_args(tmp_path)]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
 def test_unknown_only_key_and_silent_ray_address_are_clear_errors(tmp_path, capsys):
     path = write_study(tmp_path)
     assert orl_main(["study", "run", str(path), "--only", "nope-s9", *study_args(tmp_path)]) == 2

@@ -118,7 +118,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
                          "or drop --write-docs to see this bootstrap's report")
     docs = args.docs_dir if args.write_docs else None
     logger = None
-    if study.runs[0].config["run"]["logger"] == "wandb":
+    if default and study.runs[0].config["run"]["logger"] == "wandb":
         logger = _report_wandb_run(study, places.results)
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or (places.results if default else Path(scratch))

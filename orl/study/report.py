@@ -231,7 +231,7 @@ def improvement(scores: Scores, pairs: list[tuple[str, str]], reps: int, seed: i
                                         probability_of_improvement, reps, draw)
             low, high = np.asarray(interval["pair"], dtype=float).ravel()[:2]
             bounds.append((float(low), float(high)))
-        (low, high), lows, highs = bounds[0], [b[0] for b in bounds], [b[1] for b in bounds]
+        (low, high), (lows, highs) = bounds[0], zip(*bounds)
         out.append({"x": x, "y": y, "p": float(point["pair"]), "low": low, "high": high,
                     "low_over_seeds": [min(lows), max(lows)],
                     "high_over_seeds": [min(highs), max(highs)],
@@ -246,7 +246,7 @@ def pair_verdict(x: str, y: str, bounds: list[tuple[float, float]]) -> str:
                 else "not separated at this budget" for low, high in bounds}
     if len(verdicts) == 1:
         return verdicts.pop()
-    lows, highs = [b[0] for b in bounds], [b[1] for b in bounds]
+    lows, highs = zip(*bounds)
     side, values = ("lower", lows) if max(lows) > 0.5 else ("upper", highs)
     return (f"on the edge: not separated at this budget ({side} bound {min(values):.3f} to "
             f"{max(values):.3f} over the bootstrap's seeds)")

@@ -196,16 +196,21 @@ def pending(study: Study, places: Places, only: list[str] | None = None) -> list
     return sorted(todo, key=lambda run: (not places.run_dir(run).is_dir(), order[run.seed]))
 
 
+def resolve_counts(study: Study, workers: int | None, threads: int | None) -> tuple[int, int]:
+    """Runs at once (0 or None: one per core) and torch threads per run (0 or None: the study's
+    ``budget.threads_per_run``); negative counts are errors."""
+    if (workers or 0) < 0 or (threads or 0) < 0:
+        raise StudyError(f"--workers and --threads must be >= 0 (0: the default), got {workers} and "
+                         f"{threads}")
+    return workers or os.cpu_count() or 1, threads or study.file.budget.threads_per_run
+
+
 def run_local(study: Study, places: Places, only: list[str] | None = None,
               workers: int | None = None, threads: int | None = None) -> list[str]:
     """Run the pending runs ``workers`` at a time (default: one per core), each in its own
     process (``orl study run-one``) with ``threads`` torch threads. Returns the failed keys."""
-    if (workers or 0) < 0 or (threads or 0) < 0:
-        raise StudyError(f"--workers and --threads must be >= 0 (0: the default), got {workers} and "
-                         f"{threads}")
+    workers, threads = resolve_counts(study, workers, threads)
     todo = pending(study, places, only)
-    workers = workers or os.cpu_count() or 1
-    threads = threads or study.file.budget.threads_per_run
     if not todo:
         print(f"study {study.name}: every selected run is recorded")
         return []
@@ -278,6 +283,7 @@ def run_ray(study: Study, places: Places, address: str, only: list[str] | None =
         import ray
     except ImportError as err:
         raise ImportError("--launcher ray needs Ray: pip install 'orl[cluster]'") from err
+    _, threads = resolve_counts(study, None, threads)
     check_ray_address(address)
     todo = pending(study, places, only)
     if not todo:
@@ -285,7 +291,6 @@ def run_ray(study: Study, places: Places, address: str, only: list[str] | None =
         return []
     prepare(study)
     preflight(study, todo)
-    threads = threads or study.file.budget.threads_per_run
     forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": forwarded})
     try:

@@ -103,8 +103,6 @@ def _estimate(study: Study, places: Places, rows: list[dict[str, Any]], selected
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    import tempfile
-
     from orl.study.report import report
 
     study = load_study(args.study)
@@ -120,14 +118,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     logger = None
     if default and study.runs[0].config["run"]["logger"] == "wandb":
         logger = _report_wandb_run(study, places.results)
-    with tempfile.TemporaryDirectory() as scratch:
-        out = args.out or (places.results if default else Path(scratch))
-        try:
-            print(report(study, places.results, docs, reps=args.reps, seed=args.seed, logger=logger,
-                         out=out))
-        finally:
-            if logger is not None:
-                logger.finish()
+    out = args.out or (places.results if default else None)
+    try:
+        print(report(study, places.results, docs, reps=args.reps, seed=args.seed, logger=logger,
+                     out=out, write=out is not None))
+    finally:
+        if logger is not None:
+            logger.finish()
     if not default and args.out is None:
         print(f"(not written: {places.results} keeps the default bootstrap's report; --out DIR keeps "
               "this one's files)", file=sys.stderr)

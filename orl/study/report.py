@@ -407,10 +407,12 @@ def _save(fig: Any, path: Path, atomic_path: Any, plt: Any) -> Path:
 
 
 def report(study: Study, results: Path, docs: Path | None = None, reps: int = DEFAULT_REPS,
-           seed: int = DEFAULT_SEED, logger: Any = None, out: Path | None = None) -> str:
+           seed: int = DEFAULT_SEED, logger: Any = None, out: Path | None = None,
+           write: bool = True) -> str:
     """Compute the report of ``study`` from its records in ``results`` (its store folder);
     write ``report.md``, ``report.json`` and the plots into ``out`` (default: ``results``), and
-    into ``docs`` (the ``docs/results`` folder) when given. Returns the markdown."""
+    into ``docs`` (the ``docs/results`` folder) when given. ``write=False`` writes nothing (no
+    plots either, so the markdown links none). Returns the markdown."""
     from orl.experiment import write_json
     from orl.io import atomic_path
 
@@ -426,11 +428,15 @@ def report(study: Study, results: Path, docs: Path | None = None, reps: int = DE
     table = interval_table(scores, reps, seed)
     pairs = improvement(scores, study.compared_pairs(), reps, seed, planned_runs(study))
     scalars = scalar_table(scores, reps, seed)
+    if not write and (docs is not None or out is not None):
+        raise StudyError("report(write=False) writes nothing: give neither docs nor out")
     out = results if out is None else out
     plot_dir = docs / study.name if docs is not None else out
-    plots = write_plots(scores, plot_dir, reps, seed, study.file.eval.score)
+    plots = write_plots(scores, plot_dir, reps, seed, study.file.eval.score) if write else []
     relative = [f"{study.name}/{p.name}" if docs is not None else p.name for p in plots]
     text = markdown(study, scores, table, pairs, scalars, len(stale), relative)
+    if not write:
+        return text
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(text)

@@ -437,7 +437,8 @@ def test_another_bootstrap_leaves_the_stores_report_and_the_page_alone(tmp_path,
                      *study_args(tmp_path)]) == 0
     printed = capsys.readouterr()
     assert printed.out.startswith("Study `tiny`") and "not written" in printed.err
-    assert not (folder / "report.md").exists() and not (folder / "report.json").exists()
+    assert "](" not in printed.out  # links no plot: none was kept
+    assert {p.name for p in folder.iterdir()} <= {"runs.jsonl", ".runs.lock"}
     out = tmp_path / "seed3"
     assert orl_main(["study", "report", str(path), "--seed", "3", "--reps", "100", "--out", str(out),
                      *study_args(tmp_path)]) == 0

@@ -108,8 +108,12 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, base: T | None, root
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:
-        named = prefix and str(err).startswith(f"{prefix}.")  # the message names the key already
-        raise ConfigError(str(err) if named else f"{prefix or cls.__name__}: {err}") from err
+        message = str(err)
+        if prefix and message.split(" ", 1)[0] in names:  # "field must be ...": name it in full
+            message = f"{prefix}.{message}"
+        elif not (prefix and message.startswith(f"{prefix}.")):  # unless it names the key already
+            message = f"{prefix or cls.__name__}: {message}"
+        raise ConfigError(message) from err
 
 
 def _field_default(cls: type, base: Any, name: str) -> Any:

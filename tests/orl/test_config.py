@@ -58,8 +58,10 @@ def test_validation_in_sections_is_reported_with_the_key():
         load_config(ExperimentConfig, None, ["train.steps=0"])
     with pytest.raises(ConfigError, match="agent.name must be one of"):
         load_config(ExperimentConfig, None, ["agent.name=gpt"])
-    with pytest.raises(ConfigError, match="context_len"):
+    with pytest.raises(ConfigError, match=r"^sampler\.context_len must be > 0"):
         load_config(ExperimentConfig, None, ["sampler.context_len=0"])
+    with pytest.raises(ConfigError, match=r"^sampler\.prompt_source must be one of"):
+        load_config(ExperimentConfig, None, ["sampler.prompt_source=foo"])
 
 
 def test_missing_and_bad_files(tmp_path):

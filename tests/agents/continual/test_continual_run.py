@@ -112,6 +112,8 @@ def test_compose_when_an_earlier_policy_solves_the_task(toys, tmp_path):
         ({"continual": {"stages": "missing"}}, "stage 1 (s1): dataset file"),
         ({"continual": {"compose_threshold": 1.5}}, "compose_threshold must be in [0, 1]"),
         ({"continual": {"method": "ewk"}}, "continual.method must be one of"),
+        ({"continual": {"enabled": False}},
+         "continual.stages given but continual.enabled is false, so the run would ignore them"),
     ],
 )
 def test_bad_input_is_reported_before_training(toys, tmp_path, capsys, change, message):

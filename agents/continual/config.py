@@ -95,14 +95,6 @@ class ContinualConfig:
         for name, ok, expected in rules:
             if not ok:
                 raise ValueError(f"continual.{name} must be {expected}, got {getattr(self, name)!r}")
-        if not self.enabled:  # what the sequence is, given without turning it on
-            ignored = [f"continual.{name}" for name, given in [
-                ("tasks", self.tasks), ("stages", self.stages),
-                ("method", self.method != type(self).method), ("reference", self.reference)] if given]
-            if ignored:
-                raise ValueError(f"{', '.join(ignored)} given but continual.enabled is false, so the "
-                                 "run would ignore them: set continual.enabled=true to learn the "
-                                 "sequence, or drop them")
         if self.enabled and bool(self.tasks) == bool(self.stages):
             raise ValueError("continual: give either continual.tasks (e.g. [OCW10]) or "
                              "continual.stages (name, dataset, eval_task each), not both or neither")
@@ -114,6 +106,15 @@ class ContinualConfig:
         if repeated:
             raise ValueError(f"continual.stages: duplicate stage names {repeated}; every stage "
                              "needs its own name")
+
+    def given_while_off(self) -> list[str]:
+        """The keys that say what the sequence is, set while ``enabled`` is false: an experiment
+        would ignore them (``ExperimentConfig`` refuses that)."""
+        if self.enabled:
+            return []
+        given = [("tasks", self.tasks), ("stages", self.stages),
+                 ("method", self.method != type(self).method), ("reference", self.reference)]
+        return [f"continual.{name}" for name, is_set in given if is_set]
 
     @property
     def coef(self) -> float:

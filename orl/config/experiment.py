@@ -118,3 +118,8 @@ class ExperimentConfig:
         if self.continual.enabled and self.federated.active:
             raise ValueError("continual and federated training cannot be combined: set "
                              "continual.enabled=false or federated.strategy=none")
+        ignored = self.continual.given_while_off()
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} given but continual.enabled is false, so the run "
+                             "would ignore them: set continual.enabled=true to learn the sequence, or "
+                             "drop them")

@@ -109,10 +109,11 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, base: T | None, root
         raise
     except (ValueError, TypeError) as err:
         message = str(err)
-        if prefix and message.split(" ", 1)[0] in names:  # "field must be ...": name it in full
+        first = message.split(" ", 1)[0]
+        if prefix and first in names:  # "field must be ...": name it in full
             message = f"{prefix}.{message}"
-        elif not (prefix and message.startswith(f"{prefix}.")):  # unless it names the key already
-            message = f"{prefix or cls.__name__}: {message}"
+        elif not (message.startswith(f"{prefix}.") if prefix else first.split(".")[0] in names):
+            message = f"{prefix or cls.__name__}: {message}"  # unless it names the key already
         raise ConfigError(message) from err
 
 

@@ -201,8 +201,10 @@ def _train_agent_help() -> str:
     from orl.config import describe
     from orl.config.experiment import ExperimentConfig
 
+    rows = describe(ExperimentConfig())
+    width = max(len(key) for key, _, _ in rows)
     lines = ["options (key=value; defaults are the built-in quickstart):"]
-    lines += [f"  {key:<28} {tp:<18} {default!r}" for key, tp, default in describe(ExperimentConfig())]
+    lines += [f"  {key:<{width}} {tp:<18} {default!r}" for key, tp, default in rows]
     return "\n".join(lines)
 
 

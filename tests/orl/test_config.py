@@ -156,6 +156,9 @@ def test_help_shows_the_values_used():
         section, name = key.split(".")
         assert f"{getattr(getattr(cfg, section), name)!r}" in next(
             line for line in text.splitlines() if line.split()[:1] == [key])
+    # the type column starts at one place, however long a key is
+    options = text.splitlines()[1:]
+    assert len({line.index(line.split()[1], 2 + len(line.split()[0])) for line in options}) == 1
 
 
 @pytest.mark.parametrize("override, suggestion", [

@@ -1,6 +1,6 @@
 """``orl report RUN_DIR``: the success matrix, P/F/FWT and per-task success curves of a
 continual run (finished or interrupted), as a table, ``report.json`` and plots in the run dir
-(``success_matrix.png``, ``success_curves.png``; matplotlib: ``pip install 'orl[plots]'``)."""
+(``success_matrix.png``, ``success_curves.png``; matplotlib, a dependency)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from orl.agents.continual.metrics import Curve, finished_rows, record_metrics, sequence_matrix
 
-PLOTS_HINT = "pip install 'orl[plots]' (matplotlib) to get the plots"
+PLOTS_HINT = "no plots: matplotlib is missing (pip install matplotlib)"
 
 
 def load_results(run_dir: Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The continual-learning baselines as plug-ins of the one training loop.
 
 * finetuning: :class:`~orl.agents.continual.agent.Method` itself;
-* ``l2`` / ``ewc`` / ``mas``: a quadratic penalty ``coef * sum_i omega_i (theta_i - theta*_i)^2``
+* ``l2`` / ``ewc`` / ``mas``: a quadratic penalty ``coef / 2 * sum_i omega_i (theta_i - theta*_i)^2``
   on the shared parameters, ``theta*`` the weights after the last stage and ``omega`` the
   importance summed over the finished stages (1, empirical Fisher, MAS sensitivity);
 * ``packnet``: per-stage binary masks over the block linears, free weights pruned by magnitude;

@@ -3,10 +3,11 @@
 Per condition (variant and axis values; an extra evaluation is a condition of its own, written
 ``label[eval]``): mean, median, IQM and optimality gap of the final success over runs x tasks
 with stratified-bootstrap 95% CIs, probability of improvement for the study's pairs,
-performance profiles, learning curves (IQM with CI bands) and, for continual runs, their scalar
-metrics (P, F, FWT) with CIs. Written as markdown and PNGs into the results folder, and with
-``--write-docs`` into ``docs/results/<page>.md`` between the markers (``page``: the study's
-name unless the study file names another page).
+performance profiles, learning curves (IQM with CI bands), the mean final score per task and,
+for continual runs, their scalar metrics (P, F, FWT) with CIs, each task's place in the sequence
+and the final success of its single-task reference runs. Written as markdown and PNGs into the
+results folder, and with ``--write-docs`` into ``docs/results/<page>.md`` between the markers
+(``page``: the study's name unless the study file names another page).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class Scores:
     # continual runs: label -> (stage names, runs x T x T success matrices, NaN where not evaluated)
     matrices: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
     episodes: set[int] = field(default_factory=set)  # per task, of the final evaluations recorded
+    # continual studies: task -> its places in the sequence (1-based), when every run has one order
+    positions: dict[str, list[int]] = field(default_factory=dict)
+    # task -> final scores of its single-task reference runs (the study's ``references``)
+    reference_finals: dict[str, list[float]] = field(default_factory=dict)
 
 
 def aggregates(scores: np.ndarray) -> np.ndarray:
@@ -112,6 +117,13 @@ def collect(study: Study, records: list[dict[str, Any]]) -> Scores:
         raise StudyError(f"study {study.name}: the records hold no {score!r} scores (an env without "
                          "success flags: set eval.score to return or normalized_score)")
     out = Scores(tasks=tasks)
+    for rec in references:
+        for task, value in rec["final"].get(score, {}).items():
+            out.reference_finals.setdefault(task, []).append(value)
+    orders = {tuple(rec["continual"]["envs"]) for rec in records if "continual" in rec}
+    if len(orders) == 1:
+        for place, task in enumerate(orders.pop(), start=1):
+            out.positions.setdefault(task, []).append(place)
     rows: dict[str, list[list[float]]] = {}
     curves: dict[str, list[tuple[list[int], list[list[float]]]]] = {}
     for rec in sorted(records, key=lambda r: (r["key"])):
@@ -317,15 +329,26 @@ def markdown(study: Study, scores: Scores, table: dict, pairs: list[dict], scala
                   "| condition | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for label, d in scalars.items():
             lines.append(f"| {label} | " + " | ".join(_ci(d[n]) if n in d else "-" for n in names) + " |")
-    lines += ["", f"{study.file.eval.score.capitalize()} per task (mean over runs):", "",
-              "| condition | " + " | ".join(t.removesuffix("-v3") for t in scores.tasks) + " |",
-              "|---|" + "---|" * len(scores.tasks)]
-    for label, values in scores.finals.items():
-        means = dict(zip(scores.tasks_of[label], values.mean(axis=0)))
+    lines += ["", f"{study.file.eval.score.capitalize()} per task (mean over runs"
+              + ("; after each task its place in the sequence" if scores.positions else "")
+              + ("; last row: the single-task reference runs" if scores.reference_finals else "")
+              + "):", "",
+              "| condition | " + " | ".join(_task_heading(t, scores.positions) for t in scores.tasks)
+              + " |", "|---|" + "---|" * len(scores.tasks)]
+    rows = {label: dict(zip(scores.tasks_of[label], values.mean(axis=0)))
+            for label, values in scores.finals.items()}
+    if scores.reference_finals:
+        rows["single-task references"] = {t: np.mean(v) for t, v in scores.reference_finals.items()}
+    for label, means in rows.items():
         lines.append(f"| {label} | " + " | ".join(f"{means[t]:.2f}" if t in means else "-"
                                                     for t in scores.tasks) + " |")
     lines += [""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _task_heading(task: str, positions: dict[str, list[int]]) -> str:
+    name = task.removesuffix("-v3")
+    return f"{name} ({', '.join(map(str, positions[task]))})" if task in positions else name
 
 
 def write_plots(scores: Scores, folder: Path, reps: int, seed: int, score: str) -> list[Path]:
@@ -442,7 +465,10 @@ def report(study: Study, results: Path, docs: Path | None = None, reps: int = DE
         tmp.write_text(text)
     write_json(out / "report.json", {"tasks": scores.tasks, "aggregates": table,
                                          "pairs": pairs, "scalars": scalars,
-                                         "stale_records": len(stale)})
+                                         "stale_records": len(stale),
+                                         "positions": scores.positions,
+                                         "reference_success": {t: float(np.mean(v)) for t, v
+                                                               in scores.reference_finals.items()}})
     if docs is not None:
         write_docs(docs / f"{study.file.page or study.name}.md", text, study.name)
     if logger is not None:

@@ -51,6 +51,15 @@ def test_study_metrics_equal_orl_report_with_same_seed_references(tmp_path, toys
     assert (places.results / "success_matrices.png").read_bytes()[:4] == b"\x89PNG"
     text = (places.results / "report.md").read_text()
     assert "success_matrices.png" in text and "4 evaluation episodes per task" in text
+    # the per-task table: each task's place in the sequence, and its single-task references' row
+    written = json.loads((places.results / "report.json").read_text())
+    assert written["positions"] == {"ToySignPlus-v0": [1], "ToySignMinus-v0": [2]}
+    singles = {t: v for key in ("ref+s0-s0", "ref+s1-s0")
+               for t, v in records[key]["final"]["success"].items()}
+    assert written["reference_success"] == singles
+    assert "| condition | ToySignMinus-v0 (2) | ToySignPlus-v0 (1) |" in text
+    row = [f"{singles[t]:.2f}" for t in ("ToySignMinus-v0", "ToySignPlus-v0")]
+    assert f"| single-task references | {row[0]} | {row[1]} |" in text
     assert orl_main(["report", str(run_dir), "--reference", *map(str, references)]) == 0
     printed = json.loads((run_dir / "report.json").read_text())
     assert printed["cw_forward_transfer"] == pytest.approx(expected["cw_forward_transfer"])

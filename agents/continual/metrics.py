@@ -7,7 +7,10 @@ task ``j`` before any training. With the last finished row ``n - 1`` (``n = T`` 
 run), as the OCW code defines them:
 
 * performance ``P = mean_j R[n-1][j]`` (over the tasks that row evaluated)
-* forgetting ``F = mean_{i<n} (R[i][i] - R[n-1][i])``
+* forgetting ``F = mean_{i<n} (R[i][i] - R[n-1][i])``: after the sequence ``R[n-1][i]`` is the
+  success on the episodes that ``R[i][i]`` played (``final_matched``, the first ``eval.episodes``
+  of the final evaluation) when the run has it, so F compares one policy's success on one set of
+  episodes (goal variations) before and after the later stages
 * forward transfer ``FWT = mean_{i<n-1} (R[i][i+1] - b[i+1])``
 
 A finished run with an evaluation after the sequence (``continual.final_episodes``, more
@@ -80,9 +83,15 @@ def performance(matrix: np.ndarray) -> float:
     return float(np.nanmean(matrix[n - 1]))
 
 
-def forgetting(matrix: np.ndarray) -> float:
+def forgetting(matrix: np.ndarray, matched: Sequence[float] | None = None) -> float:
+    """F of the finished rows; ``matched``: the success of every task after the sequence on the
+    episodes of the matrix's rows (used once every stage is finished; the last task's own
+    stage ends the sequence, so it forgets nothing either way)."""
     n = finished_rows(matrix)
-    return float(np.mean(np.diag(matrix)[:n] - matrix[n - 1, :n]))
+    after = matrix[n - 1, :n].copy()
+    if matched is not None and n == len(matrix):
+        after[: n - 1] = np.asarray(matched, dtype=float)[: n - 1]
+    return float(np.mean(np.diag(matrix)[:n] - after))
 
 
 def forward_transfer(matrix: np.ndarray, before: np.ndarray) -> float | None:
@@ -125,8 +134,10 @@ def cw_forward_transfer(curves: Sequence[Curve], references: Sequence[Curve],
     return float(np.mean(values))
 
 
-def summarize(matrix: np.ndarray | Sequence, before: np.ndarray | Sequence) -> ContinualMetrics:
-    """P, F, FWT of success matrix ``matrix`` (T x T) and pre-training successes ``before``."""
+def summarize(matrix: np.ndarray | Sequence, before: np.ndarray | Sequence,
+              final_matched: Sequence[float] | None = None) -> ContinualMetrics:
+    """P, F, FWT of success matrix ``matrix`` (T x T) and pre-training successes ``before``;
+    ``final_matched``: F's success after the sequence on the rows' episodes (see ``forgetting``)."""
     matrix, before = np.asarray(matrix, dtype=float), np.asarray(before, dtype=float)
     t = len(before)
     if matrix.shape != (t, t):
@@ -134,7 +145,7 @@ def summarize(matrix: np.ndarray | Sequence, before: np.ndarray | Sequence) -> C
     n = finished_rows(matrix)
     if n == 0:
         raise ValueError("no finished stage yet: the success matrix has no complete row")
-    return ContinualMetrics(performance(matrix), forgetting(matrix),
+    return ContinualMetrics(performance(matrix), forgetting(matrix, final_matched),
                             forward_transfer(matrix, before), n, t)
 
 
@@ -142,12 +153,15 @@ def record_metrics(record: Mapping[str, Any],
                    reference_curves: Mapping[str, Curve] | None = None) -> dict[str, Any]:
     """P, F, FWT (success-matrix definitions) of a continual run's ``record`` (what
     ``continual_record`` returns: ``stages``, ``envs``, ``before``, ``matrix`` with None/NaN rows
-    for unfinished stages, ``final``, ``curves`` of the finished ones, ``notes`` by stage) and, given
+    for unfinished stages, ``final``, ``final_matched`` (absent from records of runs made before
+    it existed: their F compares the rows' episodes with all of the final evaluation's),
+    ``curves`` of the finished ones, ``notes`` by stage) and, given
     single-task reference curves by env, Continual World's forward transfer of its finished
     stages. From the notes of the finished stages: ``added_parameters``, the mean over the tasks
     after the first of the parameters each added, and CompoFormer's ``composed_tasks`` (tasks
     that reused an earlier policy)."""
-    metrics = summarize(sequence_matrix(record["matrix"], record.get("final")), record["before"])
+    metrics = summarize(sequence_matrix(record["matrix"], record.get("final")), record["before"],
+                        record.get("final_matched"))
     notes = [(record.get("notes") or {}).get(str(i), {}) for i in range(1, metrics.stages_done)]
     counts: dict[str, float] = {}
     if notes and all("added_parameters" in note for note in notes):

@@ -19,7 +19,8 @@ PLOTS_HINT = "no plots: matplotlib is missing (pip install matplotlib)"
 def load_results(run_dir: Path) -> dict[str, Any]:
     """Stage names, envs, before-training success ``b``, success matrix ``R`` (NaN rows for
     stages not finished), the recorded evaluations of a continual run and its ``final``
-    evaluation (``continual.final_episodes``; None without one)."""
+    evaluation (``continual.final_episodes``; None without one) with ``final_matched``, its
+    success on the rows' episodes (None in runs made before it was recorded)."""
     path = Path(run_dir) / "continual.json"
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"Run directory {str(run_dir)!r} does not exist.")
@@ -34,7 +35,7 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     before = np.full(len(names), np.nan) if state["before"] is None else np.array(state["before"])
     return {"names": names, "envs": [s["eval_task"] for s in state["stages"]], "before": before,
             "matrix": matrix, "evaluations": state["evaluations"], "notes": state["notes"],
-            "final": state.get("final")}
+            "final": state.get("final"), "final_matched": state.get("final_matched")}
 
 
 def own_stage_curve(results: dict[str, Any], stage: int) -> Curve:
@@ -74,8 +75,9 @@ def stage_steps(results: dict[str, Any]) -> list[int]:
 def continual_record(results: dict[str, Any]) -> dict[str, Any]:
     """What the results store keeps of a continual run (JSON, NaN as None): ``stages``,
     ``envs``, ``before``, ``matrix`` (None rows for unfinished stages), the ``curves`` of its
-    finished stages (``own_stage_curve``) and the stages' ``notes`` (parameters added,
-    CompoFormer's decisions); ``record_metrics`` computes the metrics from it."""
+    finished stages (``own_stage_curve``), ``final`` and ``final_matched`` (None when the run
+    has none) and the stages' ``notes`` (parameters added, CompoFormer's decisions);
+    ``record_metrics`` computes the metrics from it."""
     def plain(values: np.ndarray) -> list[Any]:
         return [None if np.isnan(v) else float(v) for v in values]
 
@@ -83,7 +85,7 @@ def continual_record(results: dict[str, Any]) -> dict[str, Any]:
     return {"stages": results["names"], "envs": results["envs"],
             "before": plain(results["before"]), "matrix": [plain(row) for row in results["matrix"]],
             "curves": [own_stage_curve(results, i) for i in range(n)], "final": results["final"],
-            "notes": results["notes"]}
+            "final_matched": results.get("final_matched"), "notes": results["notes"]}
 
 
 def continual_metrics(results: dict[str, Any],

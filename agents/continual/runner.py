@@ -18,7 +18,7 @@ import re
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from orl.agents.continual.stages import Stage, action_heads, check_stages, load_
 from orl.agents.dt import DataSpec
 from orl.datasets.sampler import SegmentSampler
 from orl.datasets.store import TrajectoryStore
+
+if TYPE_CHECKING:
+    from orl.eval.result import TaskResult
 
 STATE_FILE = "continual.json"
 
@@ -204,8 +207,28 @@ class ContinualRun:
         """Success rate of stage ``stage``'s task in ``episodes`` episodes."""
         return float(self.evaluate_group([stage], episodes)[0])
 
+    def evaluate_after_sequence(self, episodes: int) -> dict[str, list[float] | None]:
+        """Every task after the sequence on ``episodes`` episodes: ``final``, their success, and
+        ``final_matched``, the success on the first ``eval.episodes`` of them. Episode ``i`` of a
+        task is played with seed ``run.seed + i`` and goal variation ``i % 50`` whatever their
+        number (:func:`orl.eval.evaluate`), so those are the episodes of every row of the
+        success matrix: forgetting compares one set of episodes before and after (None when
+        ``episodes`` is fewer)."""
+        row_episodes = self.cfg.eval.episodes
+        final, matched = np.full(len(self.stages), np.nan), np.full(len(self.stages), np.nan)
+        for group in _distinct_env_groups(self.stages):
+            for i, task in zip(group, self.evaluate_tasks(group, episodes)):
+                final[i] = task.success_rate
+                matched[i] = float(np.mean(task.successes[:row_episodes]))
+        return {"final": final.tolist(),
+                "final_matched": matched.tolist() if episodes >= row_episodes else None}
+
     def evaluate_group(self, group: list[int], episodes: int) -> list[float]:
         """Success of stages ``group`` (all on different envs), evaluated together."""
+        return [task.success_rate for task in self.evaluate_tasks(group, episodes)]
+
+    def evaluate_tasks(self, group: list[int], episodes: int) -> list[TaskResult]:
+        """The evaluated episodes of stages ``group`` (all on different envs), together."""
         from orl.eval.evaluate import evaluate
 
         envs = [self.stages[i].eval_task for i in group]
@@ -218,7 +241,7 @@ class ContinualRun:
             if task.success_rate is None:
                 raise ValueError(f"stage {self.stages[i].name}: env {task.env_id} reports no "
                                  "info['success']; the success matrix needs it")
-        return [task.success_rate for task in result.tasks]
+        return list(result.tasks)
 
     def record(self, stage: int, phase: str, step: int, steps: int) -> dict[str, float]:
         """Evaluate the tasks and record them as point ``stage + step / steps`` of the curves:
@@ -336,7 +359,7 @@ class ContinualRun:
             self.save_state()
         episodes = self.cfg.continual.final_episodes
         if episodes and self.state.get("final") is None:  # the agent after the sequence
-            self.state["final"] = self.evaluate_all(episodes).tolist()
+            self.state |= self.evaluate_after_sequence(episodes)
             self.save_state()
         return report(self.run_dir, logger=self.logger)
 

@@ -123,3 +123,21 @@ def test_bad_matrices():
         summarize(R[:2], B)
     with pytest.raises(ValueError, match="no finished stage"):
         summarize(np.full_like(R, np.nan), B)
+
+
+def test_forgetting_compares_the_rows_episodes_after_the_sequence():
+    """With ``final_matched`` (the final evaluation's success on the episodes every row played)
+    F is measured on one set of episodes; P stays the final evaluation's."""
+    final, matched = [0.4, 0.5, 0.9], [0.8, 0.7, 0.95]
+    record = {"stages": ["a", "b", "c"], "envs": ["x", "y", "z"], "before": B.tolist(),
+              "matrix": R.tolist(), "final": final, "final_matched": matched, "curves": []}
+    metrics = record_metrics(record)
+    assert metrics["performance"] == pytest.approx(0.6)
+    # task a played the same episodes before and after: nothing forgotten; b lost 0.2; the last
+    # task's own stage ends the sequence
+    assert metrics["forgetting"] == pytest.approx(((0.8 - 0.8) + (0.9 - 0.7) + 0.0) / 3)
+    assert record_metrics({**record, "final_matched": None})["forgetting"] == pytest.approx(
+        ((0.8 - 0.4) + (0.9 - 0.5) + 0.0) / 3)  # runs without it: against the whole final row
+    partial = R.copy()
+    partial[2] = np.nan  # an unfinished run has no evaluation after the sequence to match
+    assert summarize(partial, B, matched).forgetting == summarize(partial, B).forgetting

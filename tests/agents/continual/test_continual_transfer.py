@@ -26,6 +26,7 @@ from orl.cli import main as orl_main
 from orl.cli import train_agent_main
 from orl.config import from_dict
 from orl.config.experiment import ExperimentConfig
+from orl.eval.result import TaskResult
 
 PLUS, MINUS = "ToySignPlus-v0", "ToySignMinus-v0"
 
@@ -110,6 +111,36 @@ def test_report_and_store_metrics_come_from_one_implementation(toys, tmp_path):
     assert record_metrics(record) == metrics
     references = {PLUS: record["curves"][0], MINUS: record["curves"][1]}
     assert record_metrics(record, references) == continual_metrics(load_results(run), references)
+
+
+def test_final_matched_is_the_success_on_the_episodes_of_the_rows(toys, tmp_path, monkeypatch):
+    """Episode i of a task is played with seed run.seed + i whatever their number, so the first
+    eval.episodes of the evaluation after the sequence are those every row of R played."""
+    config = toys.tiny_config(tmp_path, [PLUS, MINUS])
+    run = ContinualRun(experiment(config, final_episodes=6), tmp_path / "run")
+    outcomes = {0: [1, 1, 0, 0, 0, 0], 1: [0, 1, 1, 1, 1, 1]}
+
+    def played(group, episodes):
+        return [TaskResult(task=f"s{i}", env_id=[PLUS, MINUS][i], returns=np.zeros(episodes),
+                           lengths=np.ones(episodes, dtype=np.int64),
+                           successes=np.array(outcomes[i][:episodes], dtype=float)) for i in group]
+
+    monkeypatch.setattr(run, "evaluate_tasks", played)
+    after = run.evaluate_after_sequence(6)  # eval.episodes: 2
+    assert after["final"] == pytest.approx([2 / 6, 5 / 6])
+    assert after["final_matched"] == pytest.approx([1.0, 0.5])
+    assert run.evaluate_after_sequence(1)["final_matched"] is None  # fewer than a row's
+
+
+def test_isolation_forgets_nothing_on_the_rows_episodes(toys, tmp_path):
+    """PackNet keeps an earlier task's policy bit for bit: after the sequence it succeeds on the
+    rows' episodes exactly as at the end of its stage, and F is 0."""
+    config = toys.tiny_config(tmp_path, [PLUS, MINUS, PLUS], "packnet", final_episodes=4)
+    assert train_agent_main(["--config", str(config)]) == 0
+    results = load_results(tmp_path / "runs" / "seq")
+    diagonal = [results["matrix"][i][i] for i in range(2)]
+    assert results["final_matched"][:2] == diagonal and len(results["final"]) == 3
+    assert continual_metrics(results)["forgetting"] == 0.0
 
 
 def test_multi_task_bound_trains_as_many_steps_on_all_tasks(toys, tmp_path):

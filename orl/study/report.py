@@ -59,6 +59,8 @@ class Scores:
     positions: dict[str, list[int]] = field(default_factory=dict)
     # task -> final scores of its single-task reference runs (the study's ``references``)
     reference_finals: dict[str, list[float]] = field(default_factory=dict)
+    # continual runs of several stages evaluated after the sequence without ``final_matched``
+    unmatched: int = 0
 
 
 def aggregates(scores: np.ndarray) -> np.ndarray:
@@ -143,6 +145,9 @@ def collect(study: Study, records: list[dict[str, Any]]) -> Scores:
             curves.setdefault(run.label, []).append(curve)
         if "continual" in rec:
             stages = rec["continual"]["stages"]
+            if (len(stages) > 1 and rec["continual"].get("final") is not None
+                    and rec["continual"].get("final_matched") is None):
+                out.unmatched += 1
             names, runs_of = out.matrices.get(run.label, (stages, np.empty((0, len(stages), len(stages)))))
             matrix = sequence_matrix(rec["continual"]["matrix"], rec["continual"].get("final"))[None]
             out.matrices[run.label] = (names, np.concatenate([runs_of, matrix]))
@@ -302,6 +307,11 @@ def markdown(study: Study, scores: Scores, table: dict, pairs: list[dict], scala
              "tasks. 95% CIs from rliable's stratified bootstrap over runs x tasks.", "", RULE, ""]
     if stale:
         lines += [f"{stale} stale record(s) (config changed since they ran) are left out.", ""]
+    if scores.unmatched:
+        lines += [f"{scores.unmatched} continual record(s) predate `final_matched`: their forgetting "
+                  "compares each task's success on the episodes of the success matrix's rows with "
+                  "its success on every episode of the final evaluation, not on the same episodes.",
+                  ""]
     lines += ["| condition | runs (seeds) | " + " | ".join(AGGREGATES) + " |",
               "|---|---|" + "---|" * len(AGGREGATES)]
     for label, row in table.items():

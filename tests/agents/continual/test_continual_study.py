@@ -66,3 +66,10 @@ def test_study_metrics_equal_orl_report_with_same_seed_references(tmp_path, toys
     # P is the mean final success: the evaluation after the sequence is R's last row
     assert printed["performance"] == pytest.approx(sum(final) / 2) == scalars["finetune"]["performance"][0]
     assert printed["matrix"][-1] == final
+    # F on the rows' episodes; a record made before final_matched existed is pointed out
+    assert records["finetune-s0"]["continual"]["final_matched"] is not None
+    assert "predate `final_matched`" not in text
+    records["finetune-s0"]["continual"].pop("final_matched")
+    store.path.write_text("".join(json.dumps(rec) + "\n" for rec in records.values()))
+    assert "1 continual record(s) predate `final_matched`" in report(study, places.results, reps=200,
+                                                                    write=False)

@@ -62,6 +62,10 @@ class Scores:
     # continual runs of several stages evaluated after the sequence without ``final_matched``
     unmatched: int = 0
 
+    def reference_success(self) -> dict[str, float]:
+        """Mean final score of each task's single-task reference runs."""
+        return {task: float(np.mean(v)) for task, v in self.reference_finals.items()}
+
 
 def aggregates(scores: np.ndarray) -> np.ndarray:
     """[mean, median, IQM, optimality gap] of a (runs x tasks) array (rliable's definitions)."""
@@ -348,7 +352,7 @@ def markdown(study: Study, scores: Scores, table: dict, pairs: list[dict], scala
     rows = {label: dict(zip(scores.tasks_of[label], values.mean(axis=0)))
             for label, values in scores.finals.items()}
     if scores.reference_finals:
-        rows["single-task references"] = {t: np.mean(v) for t, v in scores.reference_finals.items()}
+        rows["single-task references"] = scores.reference_success()
     for label, means in rows.items():
         lines.append(f"| {label} | " + " | ".join(f"{means[t]:.2f}" if t in means else "-"
                                                     for t in scores.tasks) + " |")
@@ -477,8 +481,7 @@ def report(study: Study, results: Path, docs: Path | None = None, reps: int = DE
                                          "pairs": pairs, "scalars": scalars,
                                          "stale_records": len(stale),
                                          "positions": scores.positions,
-                                         "reference_success": {t: float(np.mean(v)) for t, v
-                                                               in scores.reference_finals.items()}})
+                                         "reference_success": scores.reference_success()})
     if docs is not None:
         write_docs(docs / f"{study.file.page or study.name}.md", text, study.name)
     if logger is not None:
